@@ -1,0 +1,225 @@
+"""Typed configuration: the single source of truth.
+
+Every tunable is a field of one of the section dataclasses below, declared with
+:func:`param` (default, description, units, range or choices).  Field names are
+unique across sections and carry their unit (``voxel_size_m``), so the same flat
+name is used everywhere a user meets it:
+
+* ROS parameters (``voxel_size_m``), generated with descriptors by ``neural_mapping.ros``;
+* ``config/*.yaml`` (``neural_mapping: ros__parameters: {voxel_size_m: ...}``);
+* CLI flags (``--voxel-size-m``).
+
+``test/test_config.py`` checks that these views agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+
+import yaml
+
+
+def param(default: Any, help: str, *, unit: str = "", lo: Optional[float] = None,
+          hi: Optional[float] = None, choices: Optional[Sequence[Any]] = None):
+    """Declare a config field with its documentation and valid range."""
+    return field(default=default, metadata={
+        "help": help, "unit": unit, "lo": lo, "hi": hi,
+        "choices": tuple(choices) if choices is not None else None})
+
+
+@dataclass
+class GridConfig:
+    voxel_size_m: float = param(0.02, "Edge length of one voxel.", unit="m", lo=0.001, hi=1.0)
+    block_size_vox: int = param(8, "Voxels per block edge (blocks are block_size_vox^3 voxels).",
+                                unit="voxels", lo=2, hi=32)
+    initial_capacity_blocks: int = param(
+        4096, "Blocks allocated up front in the block pool; the pool doubles when full.",
+        unit="blocks", lo=16, hi=10_000_000)
+    max_capacity_blocks: int = param(
+        300_000, "Upper bound on allocated blocks (bounded memory); integration raises a clear "
+        "error past it.", unit="blocks", lo=16, hi=50_000_000)
+    device: str = param("auto", "Torch device for the map: auto (cuda if available), cpu, cuda, cuda:N.")
+
+
+@dataclass
+class IntegrationConfig:
+    depth_min_m: float = param(0.1, "Depth below this is ignored.", unit="m", lo=0.0, hi=100.0)
+    depth_max_m: float = param(3.0, "Depth beyond this is ignored.", unit="m", lo=0.01, hi=100.0)
+    truncation_vox: float = param(4.0, "TSDF truncation distance in voxels (the kernel takes "
+                                  "metres: truncation_vox * voxel_size_m).", unit="voxels",
+                                  lo=1.0, hi=64.0)
+    max_weight: float = param(64.0, "Cap on the accumulated TSDF weight per voxel (a moving "
+                              "average past it, so the map can adapt).", lo=1.0, hi=1e6)
+    integrate_color: bool = param(True, "Fuse color with the same weights as the TSDF.")
+
+
+@dataclass
+class RunConfig:
+    pose_source: str = param("external", "Where camera poses come from: external (dataset / pose "
+                             "topic), track (frame-to-model tracking), external+refine.",
+                             choices=("external", "track", "external+refine"))
+    backend: str = param("tsdf", "Map representation.", choices=("tsdf",))
+    max_frames: int = param(0, "Stop after this many frames (0 = all).", unit="frames", lo=0)
+    frame_stride: int = param(1, "Use every n-th frame of a dataset.", unit="frames", lo=1, hi=1000)
+    output_dir: str = param("output", "Where outputs (mesh, poses, metrics, pictures) are written.")
+    render_width_px: int = param(640, "Width of the rendered PNG views.", unit="px", lo=32, hi=4096)
+    seed: int = param(0, "Seed for everything random (synthetic scene, noise).", lo=0)
+
+
+SECTIONS: Tuple[Type, ...] = (GridConfig, IntegrationConfig, RunConfig)
+
+
+@dataclass
+class MappingConfig:
+    grid: GridConfig = field(default_factory=GridConfig)
+    integration: IntegrationConfig = field(default_factory=IntegrationConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ---- views -------------------------------------------------------------------------
+    def sections(self) -> Iterator[Any]:
+        for f in dataclasses.fields(self):
+            yield getattr(self, f.name)
+
+    def to_flat(self) -> Dict[str, Any]:
+        """``{leaf_name: value}`` over all sections (leaf names are unique)."""
+        out: Dict[str, Any] = {}
+        for sec in self.sections():
+            for f in dataclasses.fields(sec):
+                out[f.name] = getattr(sec, f.name)
+        return out
+
+    def to_yaml_dict(self) -> Dict[str, Any]:
+        return {"neural_mapping": {"ros__parameters": self.to_flat()}}
+
+    def dump_yaml(self, path) -> None:
+        with open(path, "w") as fh:
+            yaml.safe_dump(self.to_yaml_dict(), fh, sort_keys=False)
+
+    @classmethod
+    def from_flat(cls, values: Dict[str, Any], base: Optional["MappingConfig"] = None) -> "MappingConfig":
+        """Overlay ``{leaf_name: value}`` on ``base`` (defaults), validating every value."""
+        cfg = dataclasses.replace(base) if base is not None else cls()
+        cfg = cls(**{f.name: dataclasses.replace(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
+        index = {spec.name: (sec, spec) for sec, spec in cfg._leaves()}
+        unknown = sorted(set(values) - set(index))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(index)}")
+        for name, value in values.items():
+            sec, spec = index[name]
+            setattr(sec, name, coerce(spec, value))
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path, base: Optional["MappingConfig"] = None) -> "MappingConfig":
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+        if "neural_mapping" in data:
+            data = data["neural_mapping"]
+        if "ros__parameters" in data:
+            data = data["ros__parameters"]
+        return cls.from_flat(data, base)
+
+    def _leaves(self) -> Iterator[Tuple[Any, dataclasses.Field]]:
+        for sec in self.sections():
+            for f in dataclasses.fields(sec):
+                yield sec, f
+
+    def validate(self) -> None:
+        for sec, f in self._leaves():
+            check_value(f, getattr(sec, f.name))
+        i = self.integration
+        if i.depth_min_m >= i.depth_max_m:
+            raise ValueError(f"depth_min_m ({i.depth_min_m}) must be < depth_max_m ({i.depth_max_m})")
+        if self.grid.initial_capacity_blocks > self.grid.max_capacity_blocks:
+            raise ValueError("initial_capacity_blocks must be <= max_capacity_blocks")
+
+    @property
+    def truncation_m(self) -> float:
+        return self.integration.truncation_vox * self.grid.voxel_size_m
+
+
+def leaf_fields() -> List[dataclasses.Field]:
+    """All config fields, in declaration order."""
+    return [f for sec in SECTIONS for f in dataclasses.fields(sec)]
+
+
+def _type_of(f: dataclasses.Field) -> type:
+    t = f.type if isinstance(f.type, type) else {"float": float, "int": int, "bool": bool,
+                                                 "str": str}[str(f.type)]
+    return t
+
+
+def coerce(f: dataclasses.Field, value: Any) -> Any:
+    t = _type_of(f)
+    if t is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{f.name}: expected a boolean, got {value!r}")
+        if isinstance(value, (bool, int)):
+            return bool(value)
+        raise ValueError(f"{f.name}: expected a boolean, got {value!r}")
+    if t is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"{f.name}: expected an integer, got {value!r}")
+        return int(value)
+    if t is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{f.name}: expected a number, got {value!r}")
+        return float(value)
+    return str(value)
+
+
+def check_value(f: dataclasses.Field, value: Any) -> None:
+    md = f.metadata
+    unit = f" {md['unit']}" if md.get("unit") else ""
+    if md.get("choices") is not None and value not in md["choices"]:
+        raise ValueError(f"{f.name}={value!r} is not one of {list(md['choices'])}")
+    if md.get("lo") is not None and value < md["lo"]:
+        raise ValueError(f"{f.name}={value}{unit} is below its minimum {md['lo']}{unit}")
+    if md.get("hi") is not None and value > md["hi"]:
+        raise ValueError(f"{f.name}={value}{unit} is above its maximum {md['hi']}{unit}")
+    if isinstance(value, float) and value != value:
+        raise ValueError(f"{f.name} is NaN")
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """Add one ``--flag`` per config field (default: unset, i.e. keep the config's value)."""
+    group = parser.add_argument_group("map configuration (defaults shown; also settable in --config YAML)")
+    for f in leaf_fields():
+        if f.name in skip:
+            continue
+        md = f.metadata
+        t = _type_of(f)
+        extra = []
+        if md.get("unit"):
+            extra.append(f"unit: {md['unit']}")
+        if md.get("lo") is not None or md.get("hi") is not None:
+            extra.append(f"range: [{md.get('lo')}, {md.get('hi')}]")
+        helptext = f"{md['help']} (default: {f.default}" + ("; " + "; ".join(extra) if extra else "") + ")"
+        kwargs: Dict[str, Any] = dict(dest=f.name, default=None, help=helptext)
+        if md.get("choices") is not None:
+            kwargs["choices"] = list(md["choices"])
+        if t is bool:
+            kwargs["type"] = lambda s, _f=f: coerce(_f, s)
+            kwargs["metavar"] = "{true,false}"
+        else:
+            kwargs["type"] = t
+        group.add_argument(flag_name(f.name), **kwargs)
+
+
+def config_from_args(args: argparse.Namespace, base: Optional[MappingConfig] = None) -> MappingConfig:
+    values = {f.name: getattr(args, f.name) for f in leaf_fields()
+              if getattr(args, f.name, None) is not None}
+    return MappingConfig.from_flat(values, base)

@@ -1,0 +1,273 @@
+"""Sparse voxel-block grid in torch (CPU and CUDA from one code path).
+
+Storage
+    A *block pool*: for every attribute a tensor ``[capacity, B, B, B]`` (one
+    channel) or ``[capacity, B, B, B, C]`` (C channels), indexed by *slot*.
+    ``block_coords[slot]`` is the integer block coordinate of that slot
+    (block ``b`` covers voxels ``b*B .. b*B+B-1`` on each axis; voxel ``v`` has
+    its centre at ``(v + 0.5) * voxel_size_m`` in the world frame... see
+    :meth:`VoxelBlockGrid.voxel_origin_m`).  Slots ``[0, num_blocks)`` are in use;
+    the pool doubles when full, up to ``max_capacity`` (then a clear error).
+
+Index
+    A *dense pointer grid* over a bounded box of block coordinates:
+    ``index[x, y, z] = slot`` or -1.  Lookup is index arithmetic plus one gather,
+    which is the fastest lookup torch offers on both CPU and CUDA (no hashing).
+    The box grows (in large steps, re-centred copy) when a frame touches blocks
+    outside it, up to ``max_index_cells`` pointers (int32: 4 bytes each), which
+    bounds the mapped region: at 2 cm voxels and B = 8 the default 2^26 cells
+    cover e.g. 650 x 650 x 160 blocks = 104 m x 104 m x 25 m.
+
+Attributes are generic (name, dtype, channels, initial value) so the same grid
+holds TSDF (tsdf, weight, color) or learned features for a neural backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    name: str
+    dtype: torch.dtype = torch.float32
+    channels: int = 1
+    init: float = 0.0
+
+
+TSDF_ATTRIBUTES: Tuple[AttributeSpec, ...] = (
+    AttributeSpec("tsdf", torch.float32, 1, 1.0),
+    AttributeSpec("weight", torch.float32, 1, 0.0),
+    AttributeSpec("color", torch.float32, 3, 0.0),
+)
+
+
+class CapacityError(RuntimeError):
+    """The grid would exceed its configured memory bound."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+class VoxelBlockGrid:
+    """Block pool + dense block index. See the module docstring."""
+
+    def __init__(self, voxel_size_m: float, block_size: int = 8,
+                 attributes: Sequence[AttributeSpec] = TSDF_ATTRIBUTES,
+                 initial_capacity: int = 4096, max_capacity: int = 300_000,
+                 device: str | torch.device = "auto", max_index_cells: int = 1 << 26):
+        if not (voxel_size_m > 0):
+            raise ValueError(f"voxel_size_m must be > 0, got {voxel_size_m}")
+        if block_size < 2:
+            raise ValueError(f"block_size must be >= 2, got {block_size}")
+        names = [a.name for a in attributes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate attribute names in {names}")
+        self.voxel_size_m = float(voxel_size_m)
+        self.block_size = int(block_size)
+        self.specs: Dict[str, AttributeSpec] = {a.name: a for a in attributes}
+        self.max_capacity = int(max_capacity)
+        self.max_index_cells = int(max_index_cells)
+        self.device = resolve_device(device)
+        self._initial_capacity = int(min(initial_capacity, max_capacity))
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        cap = self._initial_capacity
+        self.num_blocks = 0
+        self.block_coords = torch.zeros((cap, 3), dtype=torch.int32, device=self.device)
+        self.attrs: Dict[str, torch.Tensor] = {
+            name: self._new_attr(spec, cap) for name, spec in self.specs.items()}
+        self._index = torch.full((1, 1, 1), -1, dtype=torch.int32, device=self.device)
+        self._index_origin = torch.zeros(3, dtype=torch.int64, device=self.device)
+        self._index_shape = (1, 1, 1)
+        self._index_empty = True
+
+    def _new_attr(self, spec: AttributeSpec, cap: int) -> torch.Tensor:
+        B = self.block_size
+        shape = (cap, B, B, B) if spec.channels == 1 else (cap, B, B, B, spec.channels)
+        return torch.full(shape, spec.init, dtype=spec.dtype, device=self.device)
+
+    @property
+    def capacity(self) -> int:
+        return self.block_coords.shape[0]
+
+    @property
+    def block_size_m(self) -> float:
+        return self.voxel_size_m * self.block_size
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.attrs[name]
+
+    def active(self, name: str) -> torch.Tensor:
+        """View of attribute ``name`` over the slots in use."""
+        return self.attrs[name][: self.num_blocks]
+
+    def active_coords(self) -> torch.Tensor:
+        return self.block_coords[: self.num_blocks]
+
+    def memory_bytes(self) -> int:
+        total = self.block_coords.numel() * 4 + self._index.numel() * 4
+        for t in self.attrs.values():
+            total += t.numel() * t.element_size()
+        return total
+
+    # ----------------------------------------------------------------- index
+    def _flat(self, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Flat index-grid positions of ``coords`` and a mask of those inside the box."""
+        rel = coords.to(torch.int64) - self._index_origin
+        sx, sy, sz = self._index_shape
+        inside = ((rel >= 0).all(dim=1) & (rel[:, 0] < sx) & (rel[:, 1] < sy) & (rel[:, 2] < sz))
+        flat = (rel[:, 0] * sy + rel[:, 1]) * sz + rel[:, 2]
+        return flat, inside
+
+    def lookup(self, coords: torch.Tensor) -> torch.Tensor:
+        """Slots of block ``coords`` ``[N, 3]`` (int), -1 where not allocated."""
+        if coords.numel() == 0:
+            return torch.empty(0, dtype=torch.int64, device=self.device)
+        flat, inside = self._flat(coords)
+        flat = torch.where(inside, flat, torch.zeros_like(flat))
+        slots = self._index.view(-1)[flat].to(torch.int64)
+        return torch.where(inside, slots, torch.full_like(slots, -1))
+
+    def _ensure_index_covers(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Grow the dense index so block coords in ``[lo, hi]`` (inclusive) fit."""
+        lo = lo.to(torch.int64).cpu()
+        hi = hi.to(torch.int64).cpu()
+        old_lo = self._index_origin.cpu()
+        old_hi = old_lo + torch.tensor(self._index_shape) - 1
+        if not self._index_empty and bool((lo >= old_lo).all() and (hi <= old_hi).all()):
+            return
+        if not self._index_empty:
+            lo = torch.minimum(lo, old_lo)
+            hi = torch.maximum(hi, old_hi)
+        # Grow in large steps: margin of half the extent (at least 16 blocks) per side.
+        ext = hi - lo + 1
+        margin = torch.clamp(ext // 2, min=16)
+        new_lo = lo - margin
+        new_shape = tuple(int(v) for v in (ext + 2 * margin))
+        cells = new_shape[0] * new_shape[1] * new_shape[2]
+        if cells > self.max_index_cells:
+            # Retry with the minimum margin before giving up.
+            new_lo = lo - 1
+            new_shape = tuple(int(v) for v in (ext + 2))
+            cells = new_shape[0] * new_shape[1] * new_shape[2]
+            if cells > self.max_index_cells:
+                raise CapacityError(
+                    f"mapped region of {tuple(int(v) for v in ext)} blocks "
+                    f"({tuple(round(float(v) * self.block_size_m, 1) for v in ext)} m) exceeds the block "
+                    f"index bound of {self.max_index_cells} cells; use larger voxels or raise max_index_cells")
+        new_index = torch.full(new_shape, -1, dtype=torch.int32, device=self.device)
+        if not self._index_empty:
+            off = (old_lo - new_lo).tolist()
+            sx, sy, sz = self._index_shape
+            new_index[off[0]:off[0] + sx, off[1]:off[1] + sy, off[2]:off[2] + sz] = self._index
+        self._index = new_index
+        self._index_origin = new_lo.to(self.device)
+        self._index_shape = new_shape
+        self._index_empty = False
+
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        if needed > self.max_capacity:
+            raise CapacityError(
+                f"the map needs {needed} blocks but max_capacity_blocks is {self.max_capacity} "
+                f"({self.block_size}^3 voxels of {self.voxel_size_m} m each); raise "
+                "max_capacity_blocks, use larger voxels, or lower depth_max_m")
+        new_cap = self.capacity
+        while new_cap < needed:
+            new_cap *= 2
+        new_cap = min(new_cap, self.max_capacity)
+        n = self.num_blocks
+        coords = torch.zeros((new_cap, 3), dtype=torch.int32, device=self.device)
+        coords[:n] = self.block_coords[:n]
+        self.block_coords = coords
+        for name, spec in self.specs.items():
+            t = self._new_attr(spec, new_cap)
+            t[:n] = self.attrs[name][:n]
+            self.attrs[name] = t
+
+    def allocate(self, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Allocate the blocks ``coords`` ``[N, 3]`` (duplicates allowed).
+
+        Returns ``(unique_coords [M, 3] int32, slots [M] int64)``: every distinct
+        block of the input with its slot, newly allocated ones included.
+        """
+        if coords.numel() == 0:
+            return (torch.empty((0, 3), dtype=torch.int32, device=self.device),
+                    torch.empty(0, dtype=torch.int64, device=self.device))
+        coords = coords.to(self.device)
+        self._ensure_index_covers(coords.min(dim=0).values, coords.max(dim=0).values)
+        flat, _ = self._flat(coords)
+        uflat = torch.unique(flat)
+        index_flat = self._index.view(-1)
+        slots = index_flat[uflat].to(torch.int64)
+        missing = slots < 0
+        n_new = int(missing.sum())
+        if n_new:
+            self._ensure_capacity(self.num_blocks + n_new)
+            new_slots = torch.arange(self.num_blocks, self.num_blocks + n_new,
+                                     dtype=torch.int64, device=self.device)
+            index_flat[uflat[missing]] = new_slots.to(torch.int32)
+            slots[missing] = new_slots
+            self.block_coords[self.num_blocks:self.num_blocks + n_new] = \
+                self._unflatten(uflat[missing]).to(torch.int32)
+            self.num_blocks += n_new
+        return self._unflatten(uflat).to(torch.int32), slots
+
+    def _unflatten(self, flat: torch.Tensor) -> torch.Tensor:
+        sx, sy, sz = self._index_shape
+        z = flat % sz
+        y = (flat // sz) % sy
+        x = flat // (sy * sz)
+        return torch.stack([x, y, z], dim=1) + self._index_origin
+
+    # ------------------------------------------------------------ geometry
+    def voxel_origin_m(self) -> float:
+        """World coordinate of voxel 0's centre on each axis (voxel v centre = (v + 0.5) * voxel_size_m)."""
+        return 0.5 * self.voxel_size_m
+
+    def block_coords_of_points(self, points_m: torch.Tensor) -> torch.Tensor:
+        """Integer block coordinates ``[N, 3]`` containing world points ``[N, 3]``."""
+        return torch.floor(points_m / self.block_size_m).to(torch.int32)
+
+    # ------------------------------------------------------------- persist
+    def state_dict(self) -> Dict[str, object]:
+        n = self.num_blocks
+        return {
+            "voxel_size_m": self.voxel_size_m,
+            "block_size": self.block_size,
+            "attributes": [(s.name, str(s.dtype).replace("torch.", ""), s.channels, s.init)
+                           for s in self.specs.values()],
+            "block_coords": self.block_coords[:n].cpu(),
+            "attrs": {k: v[:n].cpu() for k, v in self.attrs.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Dict[str, object], device: str | torch.device = "auto",
+                        max_capacity: int = 300_000) -> "VoxelBlockGrid":
+        specs = [AttributeSpec(name, getattr(torch, dt), ch, init)
+                 for name, dt, ch, init in state["attributes"]]
+        coords = state["block_coords"]
+        n = int(coords.shape[0])
+        grid = cls(state["voxel_size_m"], state["block_size"], specs,
+                   initial_capacity=max(16, n), max_capacity=max(max_capacity, n), device=device)
+        if n:
+            _, slots = grid.allocate(coords)
+            order = grid.lookup(coords)
+            for k, v in state["attrs"].items():
+                grid.attrs[k][order] = v.to(grid.device)
+        return grid

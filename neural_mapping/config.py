@@ -69,13 +69,33 @@ class RunConfig:
     seed: int = param(0, "Seed for everything random (synthetic scene, noise).", lo=0)
 
 
-SECTIONS: Tuple[Type, ...] = (GridConfig, IntegrationConfig, RunConfig)
+@dataclass
+class SystemConfig:
+    sync_mode: str = param(
+        "realtime", "strict: every frame is tracked then mapped, in order, nothing dropped (offline "
+        "runs, tests; deterministic). realtime: tracking always takes the newest frame, full queues "
+        "drop their oldest item (counted), latency stays bounded (live robots).",
+        choices=("strict", "realtime"))
+    frame_queue_size: int = param(2, "Frames waiting for the tracking thread.", unit="frames", lo=1, hi=1000)
+    map_queue_size: int = param(4, "Tracked frames waiting for the mapping thread.", unit="frames",
+                                lo=1, hi=1000)
+    pose_buffer_s: float = param(10.0, "How much external pose history is kept for interpolation.",
+                                 unit="s", lo=0.1, hi=3600.0)
+    pose_wait_timeout_s: float = param(
+        0.5, "A frame whose stamp is newer than the newest external pose waits this long for a newer "
+        "pose (never extrapolated), then expires (counted).", unit="s", lo=0.0, hi=60.0)
+    lost_after_failures: int = param(5, "Consecutive tracking failures after which the tracker "
+                                     "reports 'lost'.", unit="frames", lo=1, hi=10000)
+
+
+SECTIONS: Tuple[Type, ...] = (GridConfig, IntegrationConfig, SystemConfig, RunConfig)
 
 
 @dataclass
 class MappingConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     integration: IntegrationConfig = field(default_factory=IntegrationConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     # ---- views -------------------------------------------------------------------------

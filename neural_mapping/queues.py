@@ -29,6 +29,7 @@ class DropOldestQueue:
         self.name = name
         self.on_drop = on_drop
         self._items: Deque[Any] = collections.deque()
+        self._urgent: Deque[Any] = collections.deque()  # never dropped, served first
         self._cond = threading.Condition()
         self._closed = False
         self.dropped = 0
@@ -37,7 +38,7 @@ class DropOldestQueue:
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._items)
+            return len(self._items) + len(self._urgent)
 
     @property
     def closed(self) -> bool:
@@ -70,21 +71,32 @@ class DropOldestQueue:
             self.on_drop(dropped)
         return True
 
+    def put_urgent(self, item: Any) -> None:
+        """Enqueue ahead of the normal items; never dropped, never blocks (control requests)."""
+        with self._cond:
+            if self._closed:
+                raise Closed(self.name)
+            self._urgent.append(item)
+            self._cond.notify_all()
+
     def get(self, timeout: Optional[float] = None, newest: bool = False) -> Any:
-        """Dequeue the oldest item (or the newest, dropping and counting the older ones).
+        """Dequeue an urgent item if any, else the oldest item (or the newest,
+        dropping and counting the older ones).
 
         Raises ``Closed`` once closed and empty; ``TimeoutError`` after ``timeout``.
         """
         skipped = []
         with self._cond:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while not self._items:
+            while not self._items and not self._urgent:
                 if self._closed:
                     raise Closed(self.name)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(self.name)
                 self._cond.wait(remaining)
+            if self._urgent:
+                return self._urgent.popleft()
             if newest:
                 while len(self._items) > 1:
                     skipped.append(self._items.popleft())
@@ -102,6 +114,7 @@ class DropOldestQueue:
             self._cond.notify_all()
 
     def clear(self) -> int:
+        """Drop all normal items (not counted as drops); returns how many."""
         with self._cond:
             n = len(self._items)
             self._items.clear()

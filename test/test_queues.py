@@ -61,3 +61,13 @@ def test_close_wakes_waiters():
         q.put(1)
     with pytest.raises(TimeoutError):
         DropOldestQueue(1).get(timeout=0.01)
+
+
+def test_urgent_items_served_first_and_never_dropped():
+    q = DropOldestQueue(2)
+    q.put(1)
+    q.put(2)
+    q.put_urgent("req")
+    q.put(3)  # drops 1, never the urgent item
+    assert q.get() == "req"
+    assert [q.get(), q.get()] == [2, 3] and q.dropped == 1

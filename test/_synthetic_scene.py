@@ -5,6 +5,7 @@ import numpy as np
 from neural_mapping.types import CameraIntrinsics
 
 K_VGA = CameraIntrinsics(640, 480, 525.0, 525.0, 319.5, 239.5)
+K_QVGA = K_VGA.scaled(0.5)  # 320 x 240: the tracker's working resolution, fast tests
 
 # World frame: y down (like the camera), the camera looks roughly along +z.
 ROOM = (np.array([-1.8, -1.2, -1.0]), np.array([1.6, 1.0, 2.6]))  # seen from inside

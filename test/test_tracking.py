@@ -7,9 +7,15 @@ import torch
 from neural_mapping import geometry as g
 from neural_mapping.tracking import ModelView, Tracker, TrackerConfig, downsample_depth
 
-from _synthetic_scene import K_VGA, render_depth
+from _synthetic_scene import K_QVGA as K, render_depth as _render
 
 # Looking down into the room corner: floor, two walls and the boxes constrain all 6 DOF.
+
+
+def render_depth(T, **kw):
+    return _render(T, K, **kw)
+
+
 T0 = g.make_pose(g.so3_exp([-0.35, 0.25, 0.0]), [0.0, -0.2, 0.0])
 DEG = math.radians(1.0)
 
@@ -29,7 +35,7 @@ MOTIONS = [
 @pytest.fixture(scope="module")
 def reference():
     d0 = render_depth(T0)
-    return d0, ModelView.from_depth(d0, K_VGA, T0, width=320)
+    return d0, ModelView.from_depth(d0, K, T0)
 
 
 def _err(T_est, T_true):
@@ -42,11 +48,11 @@ def test_recovers_known_motion(reference, delta):
     _, view = reference
     T1 = T0 @ g.se3_exp(delta)
     tr = Tracker()
-    res = tr.track_depth(render_depth(T1), None, K_VGA, view, T_init=T0)
+    res = tr.track_depth(render_depth(T1), None, K, view, T_init=T0)
     assert res.ok, res.reason
     dt, dr = _err(res.T_world_cam, T1)
     assert dt < 0.002 and dr < 0.2, (dt, dr)
-    assert res.inliers > 10000 and res.residual < 0.002
+    assert res.inliers > 5000 and res.residual < 0.002
     assert res.iterations >= 1
 
 
@@ -55,7 +61,7 @@ def test_refines_external_guess(reference):
     _, view = reference
     T1 = T0 @ g.se3_exp([0.01, 0.0, 0.01, 0, DEG, 0])
     T_ext = T1 @ g.se3_exp([0.015, -0.01, 0.0, 0.5 * DEG, 0, -DEG])
-    res = Tracker().track_depth(render_depth(T1), None, K_VGA, view, T_init=T_ext)
+    res = Tracker().track_depth(render_depth(T1), None, K, view, T_init=T_ext)
     assert res.ok
     dt, dr = _err(res.T_world_cam, T1)
     assert dt < 0.002 and dr < 0.2
@@ -70,10 +76,10 @@ def test_constant_velocity_guess_and_sequence():
     d_prev = render_depth(T0)
     for k in range(1, 4):
         T_k = T_prev @ step
-        view = ModelView.from_depth(d_prev, K_VGA, tr.last_pose, width=320)
+        view = ModelView.from_depth(d_prev, K, tr.last_pose)
         if k >= 2:
             np.testing.assert_allclose(tr.initial_guess(), T_k, atol=3e-3)
-        res = tr.track_depth(render_depth(T_k), None, K_VGA, view)  # T_init from the tracker
+        res = tr.track_depth(render_depth(T_k), None, K, view)  # T_init from the tracker
         assert res.ok
         dt, dr = _err(res.T_world_cam, T_k)
         assert dt < 0.002 and dr < 0.2
@@ -83,8 +89,8 @@ def test_constant_velocity_guess_and_sequence():
 def test_no_valid_depth_fails_cleanly(reference):
     _, view = reference
     tr = Tracker()
-    for depth in (np.zeros((480, 640), np.float32), np.full((480, 640), np.nan, np.float32)):
-        res = tr.track_depth(depth, None, K_VGA, view, T_init=T0)
+    for depth in (np.zeros((240, 320), np.float32), np.full((240, 320), np.nan, np.float32)):
+        res = tr.track_depth(depth, None, K, view, T_init=T0)
         assert not res.ok and res.reason == "no_depth"
         np.testing.assert_array_equal(res.T_world_cam, T0)
     assert tr.consecutive_failures == 2 and not tr.lost
@@ -92,9 +98,9 @@ def test_no_valid_depth_fails_cleanly(reference):
 
 def test_textureless_wall_is_degenerate():
     d = render_depth(T0, walls_only="plane")
-    view = ModelView.from_depth(d, K_VGA, T0, width=320)
+    view = ModelView.from_depth(d, K, T0)
     T1 = T0 @ g.se3_exp([0.01, 0, 0, 0, 0, 0])
-    res = Tracker().track_depth(render_depth(T1, walls_only="plane"), None, K_VGA, view, T_init=T0)
+    res = Tracker().track_depth(render_depth(T1, walls_only="plane"), None, K, view, T_init=T0)
     assert not res.ok and res.reason == "degenerate"
     assert np.all(np.isfinite(res.T_world_cam))
 
@@ -103,7 +109,7 @@ def test_no_model_and_lost_after_failures(reference):
     d0, _ = reference
     tr = Tracker(lost_after_failures=3)
     for _ in range(3):
-        res = tr.track_depth(d0, None, K_VGA, None, T_init=T0)
+        res = tr.track_depth(d0, None, K, None, T_init=T0)
         assert not res.ok and res.reason == "no_model"
     assert tr.lost
 
@@ -112,15 +118,15 @@ def test_unrelated_frame_fails(reference):
     """A frame that does not overlap the model (camera turned away) is not accepted."""
     _, view = reference
     T_away = T0 @ g.se3_exp([0, 0, 0, 0, math.radians(150), 0])
-    res = Tracker().track_depth(render_depth(T_away), None, K_VGA, view, T_init=T0)
+    res = Tracker().track_depth(render_depth(T_away), None, K, view, T_init=T0)
     assert not res.ok
 
 
 def test_deterministic(reference):
     _, view = reference
     d1 = render_depth(T0 @ g.se3_exp(MOTIONS[-1]))
-    a = Tracker().track_depth(d1, None, K_VGA, view, T_init=T0)
-    b = Tracker().track_depth(d1, None, K_VGA, view, T_init=T0)
+    a = Tracker().track_depth(d1, None, K, view, T_init=T0)
+    b = Tracker().track_depth(d1, None, K, view, T_init=T0)
     np.testing.assert_array_equal(a.T_world_cam, b.T_world_cam)
     assert a.iterations == b.iterations and a.inliers == b.inliers
 
@@ -134,9 +140,9 @@ def test_model_callback_and_raycast_like_objects(reference):
 
     def model_fn(T_ref, K):
         calls.append((T_ref, K))
-        return ModelView.from_depth(d0, K_VGA, T0, width=K.width)
+        return ModelView.from_depth(d0, K, T0)
 
-    res = Tracker().track_depth(d1, None, K_VGA, model_fn, T_init=T0)
+    res = Tracker().track_depth(d1, None, K, model_fn, T_init=T0)
     assert res.ok and len(calls) == 1 and calls[0][1].width == 320
     assert _err(res.T_world_cam, T1)[0] < 0.002
 
@@ -149,7 +155,7 @@ def test_model_callback_and_raycast_like_objects(reference):
     rc.valid = view.valid.reshape(240, 320)
     rc.T_world_cam = T0
     rc.intrinsics = view.intrinsics
-    res2 = Tracker().track_depth(d1, None, K_VGA, rc, T_init=T0)
+    res2 = Tracker().track_depth(d1, None, K, rc, T_init=T0)
     assert res2.ok and _err(res2.T_world_cam, T1)[0] < 0.002
 
 

@@ -8,6 +8,8 @@ Storage
     its centre at ``(v + 0.5) * voxel_size_m`` in the world frame... see
     :meth:`VoxelBlockGrid.voxel_origin_m`).  Slots ``[0, num_blocks)`` are in use;
     the pool doubles when full, up to ``max_capacity`` (then a clear error).
+    Inside a block, ``attr[slot, i, j, k]`` is voxel ``block * B + (i, j, k)``
+    (x, y, z order, C-contiguous), so ``attr.view(capacity, B**3)[slot, (i*B + j)*B + k]``.
 
 Index
     A *dense pointer grid* over a bounded box of block coordinates:
@@ -17,6 +19,9 @@ Index
     outside it, up to ``max_index_cells`` pointers (int32: 4 bytes each), which
     bounds the mapped region: at 2 cm voxels and B = 8 the default 2^26 cells
     cover e.g. 650 x 650 x 160 blocks = 104 m x 104 m x 25 m.
+    Invariant: the outermost layer of cells is never allocated (always -1), so a
+    lookup clamps coordinates into the box instead of testing them (one op
+    instead of seven on the hot paths of integration and ray casting).
 
 Attributes are generic (name, dtype, channels, initial value) so the same grid
 holds TSDF (tsdf, weight, color) or learned features for a neural backend.
@@ -91,8 +96,7 @@ class VoxelBlockGrid:
         self.attrs: Dict[str, torch.Tensor] = {
             name: self._new_attr(spec, cap) for name, spec in self.specs.items()}
         self._index = torch.full((1, 1, 1), -1, dtype=torch.int32, device=self.device)
-        self._index_origin = torch.zeros(3, dtype=torch.int64, device=self.device)
-        self._index_shape = (1, 1, 1)
+        self._set_index_geometry(torch.zeros(3, dtype=torch.int64, device=self.device), (1, 1, 1))
         self._index_empty = True
 
     def _new_attr(self, spec: AttributeSpec, cap: int) -> torch.Tensor:
@@ -137,15 +141,67 @@ class VoxelBlockGrid:
         """Slots of block ``coords`` ``[N, 3]`` (int), -1 where not allocated."""
         if coords.numel() == 0:
             return torch.empty(0, dtype=torch.int64, device=self.device)
-        flat, inside = self._flat(coords)
-        flat = torch.where(inside, flat, torch.zeros_like(flat))
-        slots = self._index.view(-1)[flat].to(torch.int64)
-        return torch.where(inside, slots, torch.full_like(slots, -1))
+        return self.lookup_flat(coords).to(torch.int64)
+
+    def lookup_flat(self, coords: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`lookup` but int32 and without the empty-input special case."""
+        coords = coords.to(torch.int32)
+        return self.lookup_xyz(coords[..., 0], coords[..., 1], coords[..., 2])
+
+    def lookup_xyz(self, bx: torch.Tensor, by: torch.Tensor, bz: torch.Tensor) -> torch.Tensor:
+        """Slots (int32, -1 where not allocated) of block coordinates given as three
+        int32 tensors of one shape (the hot path of integration and ray casting).
+
+        Coordinates outside the index box are clamped onto its border layer,
+        whose cells are never allocated (see the module docstring), so they
+        read -1 without a bounds test.
+        """
+        ox, oy, oz = self._index_origin_list
+        sx, sy, sz = self._index_shape
+        rx = (bx - ox).clamp_(0, sx - 1)
+        ry = (by - oy).clamp_(0, sy - 1)
+        flat = (bz - oz).clamp_(0, sz - 1)
+        flat.add_(ry, alpha=sz).add_(rx, alpha=sy * sz)
+        return self._index.view(-1).index_select(0, flat.reshape(-1)).view(flat.shape)
+
+    @property
+    def voxel_index_dtype(self) -> torch.dtype:
+        """int32 while ``max_capacity * B^3`` fits, else int64."""
+        return torch.int32 if self.max_capacity * self.block_size ** 3 < 2 ** 31 else torch.int64
+
+    def voxel_index_xyz(self, vx: torch.Tensor, vy: torch.Tensor, vz: torch.Tensor) -> torch.Tensor:
+        """Linear indices into ``attr.view(-1)`` of a one-channel attribute
+        (``slot * B^3 + (i*B + j)*B + k``) of integer voxel coordinates given as
+        three int32 tensors of one shape; **negative** where the block is not
+        allocated.  dtype :attr:`voxel_index_dtype`."""
+        B = self.block_size
+        if B & (B - 1) == 0:  # power of two: shifts/masks are floor division/modulo
+            sh = B.bit_length() - 1
+            bx, by, bz = vx >> sh, vy >> sh, vz >> sh
+            loc = (vz & (B - 1)).add_(vy & (B - 1), alpha=B).add_(vx & (B - 1), alpha=B * B)
+        else:
+            bx, by, bz = (torch.div(v, B, rounding_mode="floor") for v in (vx, vy, vz))
+            loc = (vz - bz * B).add_(vy - by * B, alpha=B).add_(vx - bx * B, alpha=B * B)
+        slots = self.lookup_xyz(bx, by, bz)
+        dt = self.voxel_index_dtype
+        if dt != torch.int32:
+            slots, loc = slots.to(dt), loc.to(dt)
+        return loc.add_(slots, alpha=B ** 3)
+
+    def voxel_index(self, voxels: torch.Tensor) -> torch.Tensor:
+        """Linear indices of integer voxel coordinates ``[..., 3]`` into ``attr.view(-1)``
+        of a one-channel attribute (``slot * B^3 + (i*B + j)*B + k``; multiply by C and
+        add the channel for C-channel ones), -1 where the block is not allocated.
+        ``int64``, shape ``[...]``."""
+        v = voxels.to(torch.int32)
+        lin = self.voxel_index_xyz(v[..., 0], v[..., 1], v[..., 2]).to(torch.int64)
+        return lin.clamp_(min=-1)
 
     def _ensure_index_covers(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        """Grow the dense index so block coords in ``[lo, hi]`` (inclusive) fit."""
-        lo = lo.to(torch.int64).cpu()
-        hi = hi.to(torch.int64).cpu()
+        """Grow the dense index so block coords in ``[lo, hi]`` (inclusive) fit strictly
+        inside its never-allocated border layer."""
+        lo = lo.to(torch.int64).cpu() - 1  # the border layer around the requested range
+        hi = hi.to(torch.int64).cpu() + 1
         old_lo = self._index_origin.cpu()
         old_hi = old_lo + torch.tensor(self._index_shape) - 1
         if not self._index_empty and bool((lo >= old_lo).all() and (hi <= old_hi).all()):
@@ -160,24 +216,30 @@ class VoxelBlockGrid:
         new_shape = tuple(int(v) for v in (ext + 2 * margin))
         cells = new_shape[0] * new_shape[1] * new_shape[2]
         if cells > self.max_index_cells:
-            # Retry with the minimum margin before giving up.
-            new_lo = lo - 1
-            new_shape = tuple(int(v) for v in (ext + 2))
+            # Retry without margin before giving up.
+            new_lo = lo
+            new_shape = tuple(int(v) for v in ext)
             cells = new_shape[0] * new_shape[1] * new_shape[2]
             if cells > self.max_index_cells:
+                ext_blocks = ext - 2
                 raise CapacityError(
-                    f"mapped region of {tuple(int(v) for v in ext)} blocks "
-                    f"({tuple(round(float(v) * self.block_size_m, 1) for v in ext)} m) exceeds the block "
-                    f"index bound of {self.max_index_cells} cells; use larger voxels or raise max_index_cells")
+                    f"mapped region of {tuple(int(v) for v in ext_blocks)} blocks "
+                    f"({tuple(round(float(v) * self.block_size_m, 1) for v in ext_blocks)} m) exceeds "
+                    f"the block index bound of {self.max_index_cells} cells; use larger voxels or "
+                    "raise max_index_cells")
         new_index = torch.full(new_shape, -1, dtype=torch.int32, device=self.device)
         if not self._index_empty:
             off = (old_lo - new_lo).tolist()
             sx, sy, sz = self._index_shape
             new_index[off[0]:off[0] + sx, off[1]:off[1] + sy, off[2]:off[2] + sz] = self._index
         self._index = new_index
-        self._index_origin = new_lo.to(self.device)
-        self._index_shape = new_shape
+        self._set_index_geometry(new_lo.to(self.device), new_shape)
         self._index_empty = False
+
+    def _set_index_geometry(self, origin: torch.Tensor, shape: Tuple[int, int, int]) -> None:
+        self._index_origin = origin
+        self._index_origin_list = [int(v) for v in origin.tolist()]
+        self._index_shape = shape
 
     def _ensure_capacity(self, needed: int) -> None:
         if needed <= self.capacity:

@@ -255,8 +255,14 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
     dpad = ws.cached(("dpad", H, W, device),
                      lambda: torch.full((H + 2, Wp), _INVALID_DEPTH, dtype=torch.float32, device=device))
     inner = dpad[1:-1, 1:-1]
-    torch.mul(d, inv_t, out=inner)
-    inner.masked_fill_(~_valid_depth(d, depth_min_m, depth_max_m), _INVALID_DEPTH)
+    # Valid iff clamping into [depth_min, depth_max] (min > 0) leaves it unchanged: one
+    # compare instead of three and two ANDs (NaN compares unequal to itself).
+    torch.clamp(d, max(depth_min_m, 1e-6), depth_max_m, out=inner)
+    valid = torch.eq(inner, d)
+    scaled = ws.get("dscaled", H * W, torch.float32, device).view(H, W)
+    torch.mul(d, inv_t, out=scaled)
+    inv_depth = ws.cached(("invalid", device), lambda: torch.tensor(_INVALID_DEPTH, device=device))
+    torch.where(valid, scaled, inv_depth, out=inner)
 
     # ---- 3. voxel centres in "pixel-numerator" coordinates (U, V, Z) / truncation, with
     #         U/Z = u + 1.5 (padded column, + 0.5 so that truncation rounds to the nearest

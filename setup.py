@@ -26,6 +26,7 @@ setup(
     entry_points={
         "console_scripts": [
             "neural-mapping = neural_mapping.cli:main",
+            "mapping_node = neural_mapping.ros.node:main",
         ],
     },
 )

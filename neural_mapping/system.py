@@ -306,7 +306,10 @@ class MappingSystem:
     # ============================================================ tracking thread
     def _tracking_loop(self):
         while True:
-            frame = self._frame_q.get(newest=not self.strict)
+            # Tracking is expensive: in realtime mode it skips to the newest frame. External
+            # poses are cheap, and a frame may briefly wait for its pose: keep the order then
+            # (the bounded queue still drops the oldest under overload).
+            frame = self._frame_q.get(newest=not self.strict and self.pose_source != "external")
             result = self._estimate_pose(frame)
             if result is not None:
                 self._publish_pose(frame, result)

@@ -123,7 +123,10 @@ def cmd_run(args) -> int:
     from .pipeline import run
 
     try:
-        base = MappingConfig.from_yaml(args.config) if args.config else None
+        # offline runs are deterministic by default: every frame tracked, then integrated
+        base = MappingConfig.from_flat({"sync_mode": "strict"})
+        if args.config:
+            base = MappingConfig.from_yaml(args.config, base)
         cfg = config_from_args(args, base)
         if args.out:
             cfg = MappingConfig.from_flat({"output_dir": args.out}, cfg)

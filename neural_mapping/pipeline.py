@@ -1,13 +1,15 @@
 """Offline mapping pipeline: dataset in, map + trajectory + metrics + pictures out.
 
+The same core as the ROS node (:class:`~neural_mapping.system.MappingSystem`,
+tracking thread + mapping thread), fed from a dataset in ``strict`` sync mode
+(every frame tracked then integrated, in order: deterministic).
 :func:`run` reads as a table of contents::
 
     dataset = open_dataset(...)            # synthetic / 7-Scenes / TUM
-    volume  = TSDFVolume.from_config(cfg)  # the map
-    poses   = make_pose_source(cfg)        # where each frame's pose comes from
+    system  = MappingSystem(cfg)           # map + tracker + threads
     for frame in dataset:                  # progress bar with frames/s
-        T = poses(frame)
-        volume.integrate(frame, T)
+        system.submit_pose(stamp, pose)    # pose_source external / external+refine
+        system.submit(frame)
     mesh = extract_mesh(volume.grid)
     write_outputs(...)                     # mesh.ply, poses.txt, config.yaml,
                                            # metrics.json, trajectory.png, view_*.png
@@ -29,9 +31,10 @@ Output folder (``cfg.run.output_dir``):
 ``view_last_color.png``, ``view_last_shaded.png``: the same from the last camera pose
 =====================  ==========================================================
 
-Pose seam: :func:`make_pose_source` returns a callable ``frame -> T_world_cam or
-None``.  ``pose_source=external`` uses the dataset's pose (ground truth); tracking
-(``track``, ``external+refine``) plugs in there.
+Pose sources: ``external`` integrates at the dataset's pose (ground truth),
+``track`` estimates every pose by frame-to-model tracking (the dataset's poses
+are used for evaluation only), ``external+refine`` refines the dataset's pose
+(or ``input_pose(frame)``, e.g. a drifting odometry for benchmarks).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from .types import CameraIntrinsics, RGBDFrame
 
 log = logging.getLogger(__name__)
 
-PoseSource = Callable[[RGBDFrame], Optional[np.ndarray]]
+InputPose = Callable[[RGBDFrame], Optional[np.ndarray]]
 
 METRIC_KEYS = ("dataset", "frames", "frames_total", "frames_skipped_no_pose", "fps", "integrate_fps",
                "integrate_ms_mean", "integrate_ms_median", "integrate_ms_max", "load_wait_ms_mean",
@@ -60,20 +63,9 @@ METRIC_KEYS = ("dataset", "frames", "frames_total", "frames_skipped_no_pose", "f
                "memory_mb", "device", "pose_source", "wall_s")
 
 
-# ------------------------------------------------------------------ pose seam
 def external_pose(frame: RGBDFrame) -> Optional[np.ndarray]:
-    """``pose_source=external``: the pose that came with the frame (dataset ground truth)."""
+    """The pose that came with the frame (dataset ground truth)."""
     return frame.pose
-
-
-def make_pose_source(cfg: MappingConfig, volume=None) -> PoseSource:
-    """The function that gives each frame its ``T_world_cam`` (``None``: skip the frame)."""
-    src = cfg.run.pose_source
-    if src == "external":
-        return external_pose
-    raise NotImplementedError(
-        f"pose_source={src!r} is not available in the offline pipeline yet (frame-to-model "
-        "tracking is wired in a later step); use --pose-source external")
 
 
 # --------------------------------------------------------------------- result
@@ -92,15 +84,17 @@ class RunResult:
 # ------------------------------------------------------------------- the run
 def run(dataset: Union[str, Path, Dataset], cfg: Optional[MappingConfig] = None,
         out_dir: Union[str, Path, None] = None, *, progress: bool = True,
-        dataset_kwargs: Optional[dict] = None, render_views: bool = True) -> RunResult:
+        dataset_kwargs: Optional[dict] = None, render_views: bool = True,
+        input_pose: InputPose = external_pose) -> RunResult:
     """Map ``dataset`` (a path, ``"synthetic"``, or an opened :class:`Dataset`) with ``cfg``.
 
     ``out_dir`` overrides ``cfg.run.output_dir``.  With a path, frames are selected with
     ``cfg.run.max_frames`` / ``cfg.run.frame_stride``; an opened dataset is used as it is
-    (``max_frames`` still caps the loop).
+    (``max_frames`` still caps the loop).  ``input_pose`` gives the external pose of a frame
+    (``external`` / ``external+refine``; default: the dataset's ground truth).
     """
     from .meshing import extract_mesh
-    from .tsdf import TSDFVolume
+    from .system import MappingSystem
 
     cfg = cfg if cfg is not None else MappingConfig()
     if out_dir is not None:
@@ -110,9 +104,12 @@ def run(dataset: Union[str, Path, Dataset], cfg: Optional[MappingConfig] = None,
     t_start = time.perf_counter()
 
     ds = open_input(dataset, cfg, dataset_kwargs)
-    volume = TSDFVolume.from_config(cfg)
-    pose_for = make_pose_source(cfg, volume)
-    stats = integrate_sequence(ds, volume, pose_for, cfg, progress=progress)
+    system = MappingSystem(cfg)
+    try:
+        stats = map_sequence(ds, system, cfg, input_pose, progress=progress)
+    finally:
+        system.close()
+    volume = system.volume
 
     t0 = time.perf_counter()
     mesh = extract_mesh(volume.grid)
@@ -135,18 +132,11 @@ def open_input(dataset, cfg: MappingConfig, dataset_kwargs: Optional[dict] = Non
     return open_dataset(dataset, max_frames=cfg.run.max_frames or None, stride=cfg.run.frame_stride, **kw)
 
 
-def _sync(volume) -> None:
-    dev = getattr(volume, "device", None)
-    if dev is not None and getattr(dev, "type", "cpu") == "cuda":
-        import torch
-        torch.cuda.synchronize(dev)
-
-
-def integrate_sequence(ds: Dataset, volume, pose_for: PoseSource, cfg: MappingConfig,
-                       progress: bool = True, prefetch: int = 2) -> Dict[str, object]:
+def map_sequence(ds: Dataset, system, cfg: MappingConfig, input_pose: InputPose = external_pose,
+                 progress: bool = True, prefetch: int = 2) -> Dict[str, object]:
     """The frame loop: load (``prefetch`` frames ahead in a background thread, so decoding /
-    rendering overlaps integration), pose, integrate; timing per stage.  Frames are integrated
-    strictly in order; ``load_ms`` is the time the loop waited for a frame."""
+    rendering overlaps mapping), hand poses and frames to the system, wait for it to finish.
+    ``load_ms`` is the time the loop waited for a frame."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -155,11 +145,9 @@ def integrate_sequence(ds: Dataset, volume, pose_for: PoseSource, cfg: MappingCo
     n = len(ds)
     if cfg.run.max_frames:
         n = min(n, cfg.run.max_frames)
-    stamps: List[float] = []
-    poses: List[np.ndarray] = []
-    gts: List[np.ndarray] = []
+    needs_pose = cfg.run.pose_source in ("external", "external+refine")
+    gt_by_index: Dict[int, Optional[np.ndarray]] = {}
     load_ms: List[float] = []
-    integ_ms: List[float] = []
     skipped = 0
     bar = tqdm(total=n, unit="frame", desc=f"mapping {ds.name}", disable=not progress,
                dynamic_ncols=True, leave=True)
@@ -175,35 +163,41 @@ def integrate_sequence(ds: Dataset, volume, pose_for: PoseSource, cfg: MappingCo
             nxt = i + len(pending) + 1
             if nxt < n:
                 pending.append(pool.submit(ds.__getitem__, nxt))
-            t1 = time.perf_counter()
-            T = pose_for(frame)
-            if T is None:
-                skipped += 1
-                bar.update(1)
-                continue
-            volume.integrate(frame, T_world_cam=T)
-            _sync(volume)
-            t2 = time.perf_counter()
-            load_ms.append(1000 * (t1 - t0))
-            integ_ms.append(1000 * (t2 - t1))
-            stamps.append(frame.timestamp)
-            poses.append(np.asarray(T, dtype=np.float64))
-            gts.append(frame.pose if frame.pose is not None else np.full((4, 4), np.nan))
+            load_ms.append(1000 * (time.perf_counter() - t0))
+            gt_by_index[frame.index] = frame.pose
+            if needs_pose:
+                T_in = input_pose(frame)
+                if T_in is None:
+                    skipped += 1
+                    bar.update(1)
+                    continue
+                system.submit_pose(frame.timestamp, T_in)
+            system.submit(frame)  # strict mode: blocks while the tracker is busy
             bar.update(1)
             if i % 10 == 0:
-                bar.set_postfix(blocks=volume.grid.num_blocks, refresh=False)
+                bar.set_postfix(blocks=system.volume.grid.num_blocks, refresh=False)
+        system.flush()
     finally:
         for f in pending:
             f.cancel()
         pool.shutdown(wait=True)
         bar.close()
     loop_s = time.perf_counter() - t_loop
+    done = [p for p in system.trajectory if p.ok]
+    gts = [gt_by_index.get(p.index) for p in done]
+    has_gt = ds.has_ground_truth and any(g is not None for g in gts)
     return {
-        "timestamps": np.asarray(stamps, dtype=np.float64),
-        "poses": np.stack(poses) if poses else np.zeros((0, 4, 4)),
-        "gt_poses": np.stack(gts) if (gts and ds.has_ground_truth) else None,
-        "frames": len(integ_ms), "frames_total": n, "frames_skipped_no_pose": skipped,
-        "loop_s": loop_s, "load_ms": load_ms, "integrate_ms": integ_ms,
+        "timestamps": np.asarray([p.stamp for p in done], dtype=np.float64),
+        "poses": np.stack([p.T_world_cam for p in done]) if done else np.zeros((0, 4, 4)),
+        "gt_poses": np.stack([g if g is not None else np.full((4, 4), np.nan) for g in gts])
+        if (done and has_gt) else None,
+        "frames": len(done), "frames_total": n, "frames_skipped_no_pose": skipped,
+        "tracking_failures": sum(1 for p in system.trajectory if not p.ok),
+        "loop_s": loop_s, "load_ms": load_ms,
+        "integrate_ms": [1000 * t for t in system.timings["integrate"]],
+        "track_ms": [1000 * t for t in system.timings["track"]],
+        "predict_ms": [1000 * t for t in system.timings["predict"]],
+        "system": system.stats(),
     }
 
 
@@ -233,6 +227,10 @@ def collect_metrics(ds: Dataset, volume, cfg: MappingConfig, stats: dict, mesh, 
         "memory_mb": volume.grid.memory_bytes() / 2 ** 20,
         "device": str(volume.device),
         "pose_source": cfg.run.pose_source,
+        "sync_mode": cfg.system.sync_mode,
+        "tracking_failures": int(stats.get("tracking_failures", 0)),
+        "track_ms_mean": float(np.mean(stats["track_ms"])) if stats.get("track_ms") else nan,
+        "predict_ms_mean": float(np.mean(stats["predict_ms"])) if stats.get("predict_ms") else nan,
         "image_size": [ds.intrinsics.width, ds.intrinsics.height],
     }
     gt = stats.get("gt_poses")

@@ -103,6 +103,9 @@ class MappingSystem:
         self.counters: Dict[str, int] = collections.Counter()
         self.latencies: Dict[str, Deque[float]] = {
             "pose": collections.deque(maxlen=1000), "integrate": collections.deque(maxlen=1000)}
+        # compute time per stage (seconds), the last 100k frames
+        self.timings: Dict[str, Deque[float]] = {
+            k: collections.deque(maxlen=100_000) for k in ("track", "integrate", "predict")}
         self.trajectory: List[PoseResult] = []
         self._latest: Optional[PoseResult] = None
         self._last_T: Optional[np.ndarray] = None
@@ -266,6 +269,10 @@ class MappingSystem:
             with self._model_cond:
                 self._model_cond.notify_all()
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":  # honest timings on GPU
+            torch.cuda.synchronize(self.device)
+
     def _raise_if_failed(self):
         if self._error is not None:
             raise WorkerError(f"a mapping worker failed: {self._error!r}") from self._error
@@ -368,7 +375,9 @@ class MappingSystem:
             T_init = self._last_T @ (np.linalg.inv(self._prev_T) @ self._last_T)  # constant velocity
         else:
             T_init = self._last_T if self._last_T is not None else model.T_world_cam
+        t0 = time.perf_counter()
         tr = self.tracker.track(frame, model, T_init)
+        self.timings["track"].append(time.perf_counter() - t0)
         if tr.ok:
             self._consecutive_failures = 0
             corr = tr.T_world_cam @ np.linalg.inv(T_ext) if T_ext is not None else None
@@ -412,12 +421,18 @@ class MappingSystem:
                 continue
             frame, T = item
             with self.map_lock:
+                t0 = time.perf_counter()
                 self.volume.integrate(frame.depth, frame.intrinsics, T, frame.color)
+                self._sync()
+                t1 = time.perf_counter()
                 self.version += 1
                 self.frames_integrated += 1
                 prediction = None
                 if self.tracker is not None:
                     prediction = self.tracker.predict(self.volume, frame.intrinsics, T)
+                    self._sync()
+                    self.timings["predict"].append(time.perf_counter() - t1)
+                self.timings["integrate"].append(t1 - t0)
             now = time.monotonic()
             self.latencies["integrate"].append(now - frame.meta.get("t_submit", now))
             self._count("integrated")

@@ -59,9 +59,19 @@ def test_run_rejects_unknown_folder_and_bad_config(tmp_path, capsys):
     assert "depth_min_m" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["run", "synthetic", "--pose-source", "magic"])
-    assert main(["run", "synthetic", "--out", str(tmp_path / "o"), "--pose-source", "track",
-                 "--max-frames", "1", "--no-progress"]) == 2
-    assert "pose_source='track'" in capsys.readouterr().err
+
+
+def test_run_track_mode_on_synthetic(tmp_path, capsys):
+    out = tmp_path / "track"
+    rc = main(["run", "synthetic", "--out", str(out), "--pose-source", "track", "--max-frames", "12",
+               "--synthetic-frames", "360", "--synthetic-size", "320x240", "--voxel-size-m", "0.04",
+               "--device", "cpu", "--no-progress", "--no-views"])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["pose_source"] == "track" and m["sync_mode"] == "strict"
+    assert m["frames"] == 12 and m["tracking_failures"] == 0
+    assert m["ate_rmse_cm"] < 2.0, m
+    assert len((out / "poses.txt").read_text().strip().splitlines()) >= 12
 
 
 def test_run_seven_scenes_end_to_end(redkitchen, tmp_path, capsys):

@@ -373,7 +373,7 @@ def trilinear(grid: VoxelBlockGrid, pts: torch.Tensor, *, with_grad: bool = Fals
     base = torch.floor(g)
     frac = g.sub_(base)
     base = base.to(torch.int32)
-    offs = _workspace().cached(("corner_offs", B, device), lambda: (
+    offs = _workspace().cached(("corner_offs", B, grid.voxel_index_dtype, device), lambda: (
         torch.tensor(_CORNERS, dtype=torch.int32, device=device).T.reshape(3, 8, 1),
         torch.tensor([(x * B + y) * B + z for x, y, z in _CORNERS], device=device,
                      dtype=grid.voxel_index_dtype)[:, None]))

@@ -268,7 +268,9 @@ class NMMap:
 def run_ours(seq: Sequence, args) -> Dict[str, object]:
     cfg = TrackerConfig(base_width=args.base_width, model_width=args.model_width,
                         iterations=tuple(args.iterations), max_dist_m=tuple(args.max_dist),
-                        huber_m=args.huber, depth_max_m=args.depth_max)
+                        huber_m=args.huber, depth_max_m=args.depth_max,
+                        depth_noise_weighting=args.noise_weighting,
+                        degenerate_ratio=TrackerConfig.degenerate_ratio)
     tracker = Tracker(cfg)
     Map = {"o3d": O3DMap, "nm": NMMap, "f2f": F2FMap}[args.model]
     m = Map(args.voxel, seq.K, args.depth_max)
@@ -370,6 +372,8 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, nargs="+", default=list(TrackerConfig.iterations))
     ap.add_argument("--max-dist", type=float, nargs="+", default=list(TrackerConfig.max_dist_m))
     ap.add_argument("--huber", type=float, default=TrackerConfig.huber_m)
+    ap.add_argument("--no-noise-weighting", dest="noise_weighting", action="store_false",
+                    help="do not weight residuals by sigma(z) ~ z^2")
     ap.add_argument("--undistort", action="store_true", help="undistort TUM depth (plumb_bob)")
     ap.add_argument("--no-open3d", action="store_true")
     ap.add_argument("--threads", type=int, default=2)

@@ -62,6 +62,8 @@ class TrackerConfig:
     """Data association: largest angle between frame and model normals."""
     huber_m: float = 0.01
     """Huber threshold on point-to-plane residuals (robust weights)."""
+    depth_noise_weighting: bool = True
+    """Weight residuals by the depth noise model sigma ~ z^2 (Huber threshold scales too)."""
     depth_min_m: float = 0.1
     depth_max_m: float = 4.0
     eps_trans_m: float = 1e-4
@@ -73,7 +75,7 @@ class TrackerConfig:
     """Fewer associated pairs than ``max(min_inliers, ratio * valid)`` -> ``few_inliers``."""
     max_rms_m: float = 0.02
     """Robust RMS residual of the inliers above this -> ``large_residual``."""
-    degenerate_ratio: float = 1e-5
+    degenerate_ratio: float = 1e-4
     """Smallest / largest eigenvalue of the (scale-normalised) 6x6 system below this ->
     ``degenerate``."""
     max_motion_m: float = 0.30
@@ -404,7 +406,8 @@ class Tracker:
         mapping thread to hand to the next :meth:`track`)."""
         from .raycast import raycast
         K = self.model_intrinsics(intrinsics)
-        kw = dict(depth_min_m=self.config.depth_min_m, depth_max_m=self.config.depth_max_m)
+        kw = dict(depth_min_m=self.config.depth_min_m, depth_max_m=self.config.depth_max_m,
+                  with_color=False)
         trunc = getattr(volume, "truncation_m", None)
         if trunc is not None:
             kw["truncation_m"] = trunc
@@ -433,7 +436,10 @@ class Tracker:
             out = model(np.asarray(T_init, np.float64), K)
             if out is None or isinstance(out, ModelView):
                 return out
-            return ModelView.from_raycast(out, K, T_init, self.device)
+            return ModelView.from_raycast(out, getattr(out, "intrinsics", None) or K,
+                                          getattr(out, "T_world_cam", None) if getattr(
+                                              out, "T_world_cam", None) is not None else T_init,
+                                          self.device)
         raise TypeError(f"unsupported model type {type(model).__name__}")
 
     # ------------------------------------------------------------ track
@@ -575,7 +581,13 @@ class Tracker:
         cosang = ((R @ L.N) * nm).sum(0)
         keep = (dist2 < max_dist * max_dist) & (cosang > self._cos_angle)
         hub = self.config.huber_m
-        w = (hub / r.abs().clamp(min=1e-9)).clamp(max=1.0) * keep
+        if self.config.depth_noise_weighting:
+            # Structured-light noise grows with z^2: residuals scaled by s = (z / 1 m)^2, robust
+            # weight on r / s, information 1 / s^2.
+            sc = (L.P[2] * L.P[2]).clamp(min=0.25)
+            w = (hub * sc / r.abs().clamp(min=1e-9)).clamp(max=1.0) * keep / (sc * sc)
+        else:
+            w = (hub / r.abs().clamp(min=1e-9)).clamp(max=1.0) * keep
         A[0:3] = nm
         torch.mul(q[1], nm[2], out=A[3]).addcmul_(q[2], nm[1], value=-1.0)
         torch.mul(q[2], nm[0], out=A[4]).addcmul_(q[0], nm[2], value=-1.0)

@@ -169,3 +169,40 @@ def test_downsample_keeps_edges_apart():
     assert out[0, 0] == 1.0 and out[0, 1] == 3.0 and out[1, 1] == 3.0
     assert out[1, 0] == 0.0
     assert downsample_depth(torch.zeros(4, 4), 2).abs().sum() == 0
+
+
+def _load_7scenes(root, i):
+    from PIL import Image
+    raw = np.asarray(Image.open(root / f"frame-{i:06d}.depth.png"), dtype=np.uint16)
+    d = raw.astype(np.float32) / 1000.0
+    d[raw == 65535] = 0
+    return d, np.loadtxt(root / f"frame-{i:06d}.pose.txt")
+
+
+def test_real_frames_against_raycast_model(redkitchen):
+    """7-Scenes: map frames 0..2 at their ground-truth poses (TSDF + raycast), then track frames
+    3..5 from the previous ground-truth pose; each relative pose matches ground truth."""
+    from neural_mapping.geometry import orthonormalize
+    from neural_mapping.tsdf import TSDFVolume
+    from neural_mapping.types import CameraIntrinsics
+
+    K = CameraIntrinsics.from_matrix(np.loadtxt(redkitchen / "camera-intrinsics.txt"), 640, 480)
+    vol = TSDFVolume(voxel_size_m=0.02, depth_max_m=3.0, device="cpu")
+    for i in range(3):
+        d, T = _load_7scenes(redkitchen, i)
+        vol.integrate(d, K, orthonormalize(T))
+    tr = Tracker()
+    errs = []
+    for i in range(3, 6):
+        d_prev, T_prev = _load_7scenes(redkitchen, i - 1)
+        d, T_gt = _load_7scenes(redkitchen, i)
+        T_prev, T_gt = orthonormalize(T_prev), orthonormalize(T_gt)
+        model = tr.predict(vol, K, T_prev)
+        res = tr.track_depth(d, None, K, model, T_init=T_prev)
+        assert res.ok, res.reason
+        errs.append(_err(res.T_world_cam, T_gt))
+        vol.integrate(d, K, T_gt)
+    dt = max(e[0] for e in errs)
+    dr = max(e[1] for e in errs)
+    # measured at 2 cm voxels: 3.0 mm / 0.13 deg (the ground truth is itself KinectFusion-tracked)
+    assert dt < 0.006 and dr < 0.5, errs

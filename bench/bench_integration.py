@@ -6,7 +6,8 @@ once; loading is not timed), for each voxel size, in one run:
 
 * ours: ms/frame of ``TSDFVolume.integrate`` (allocation + update, color on),
   after a warm-up on a throw-away volume;
-* Open3D: ``compute_unique_block_coordinates`` + ``integrate`` of
+* Open3D (timed interleaved with ours, frame by frame, so that load from other
+  processes hits both alike): ``compute_unique_block_coordinates`` + ``integrate`` of
   ``o3d.t.geometry.VoxelBlockGrid`` (tsdf/weight/color float32, block
   resolution 8, same truncation via ``trunc_voxel_multiplier``, same
   ``depth_max``, depth scale 1000, extrinsic = inv(GT pose)), same warm-up;
@@ -136,25 +137,6 @@ def o3d_setup(K, frames, vs, args):
     return data, new_vbg, integrate
 
 
-def run_o3d(K, frames, vs, args):
-    data, new_vbg, integrate = o3d_setup(K, frames, vs, args)
-    warm = new_vbg()
-    for d, c, E in data[:args.warmup]:
-        integrate(warm, d, c, E)
-    del warm
-    vbg = new_vbg()
-    times, only = [], []
-    cpu = time.process_time()
-    t_all = time.perf_counter()
-    for d, c, E in data:
-        t = time.perf_counter()
-        only.append(integrate(vbg, d, c, E))
-        times.append(time.perf_counter() - t)
-    wall = time.perf_counter() - t_all
-    cpu = time.process_time() - cpu
-    return vbg, times, only, wall, cpu
-
-
 def o3d_step(K, frames, vs, args):
     data, new_vbg, integrate = o3d_setup(K, frames, vs, args)
     vbg = new_vbg()
@@ -165,6 +147,29 @@ def o3d_step(K, frames, vs, args):
         state["i"] += 1
         integrate(vbg, d, c, E)
     return step
+
+
+# ----------------------------------------------------------------------------- interleaved
+def run_interleaved(K, frames, vs, args):
+    """Ours and Open3D on the same frame back to back, frame after frame, so that load
+    from other processes on a shared machine hits both alike."""
+    data, new_vbg, o3d_integrate = o3d_setup(K, frames, vs, args)
+    warm, warm_o3d = ours_volume(vs, args), new_vbg()
+    for f, (d, c, E) in zip(frames[:args.warmup], data[:args.warmup]):
+        warm.integrate(f["depth"], K, f["pose"], f["color"])
+        o3d_integrate(warm_o3d, d, c, E)
+    del warm, warm_o3d
+    vol, vbg = ours_volume(vs, args), new_vbg()
+    t_ours, t_o3d, t_only = [], [], []
+    for f, (d, c, E) in zip(frames, data):
+        t = time.perf_counter()
+        vol.integrate(f["depth"], K, f["pose"], f["color"])
+        sync(vol.device)
+        t_ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        t_only.append(o3d_integrate(vbg, d, c, E))
+        t_o3d.append(time.perf_counter() - t)
+    return vol, vbg, t_ours, t_o3d, t_only
 
 
 # ----------------------------------------------------------------------------- GIL
@@ -279,10 +284,17 @@ def main():
           f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
 
     for vs in args.voxel_sizes:
-        run = {"voxel_size_m": vs}
-        vol, t, wall, cpu = run_ours(K, frames, vs, args)
+        run = {"voxel_size_m": vs, "timing": "interleaved" if have_o3d else "sequential"}
+        vbg = None
+        if have_o3d:
+            vol, vbg, t, t_o3d, t_only = run_interleaved(K, frames, vs, args)
+            run["o3d_ms"] = stats_ms(t_o3d)
+            run["o3d_integrate_only_ms"] = stats_ms(t_only)
+            run["o3d_blocks"] = int(vbg.hashmap().size())
+        else:
+            vol, t, wall, cpu = run_ours(K, frames, vs, args)
+            run["ours_cpu_ms_per_frame"] = cpu / len(frames) * 1e3
         run["ours_ms"] = stats_ms(t)
-        run["ours_cpu_ms_per_frame"] = cpu / len(frames) * 1e3
         run["ours_blocks"] = vol.grid.num_blocks
         if extract_mesh is not None and not args.no_mesh:
             t0 = time.perf_counter()
@@ -297,11 +309,6 @@ def main():
         del vol
         run["ours_gil_share"], _ = gil_share(ours_step(K, frames, vs, args), args.gil_seconds)
         if have_o3d:
-            vbg, t, only, wall, cpu = run_o3d(K, frames, vs, args)
-            run["o3d_ms"] = stats_ms(t)
-            run["o3d_integrate_only_ms"] = stats_ms(only)
-            run["o3d_cpu_ms_per_frame"] = cpu / len(frames) * 1e3
-            run["o3d_blocks"] = int(vbg.hashmap().size())
             if not args.no_mesh:
                 t0 = time.perf_counter()
                 m = vbg.extract_triangle_mesh()
@@ -310,20 +317,24 @@ def main():
             del vbg
             run["o3d_gil_share"], _ = gil_share(o3d_step(K, frames, vs, args), args.gil_seconds)
             run["speedup_vs_o3d"] = run["o3d_ms"]["mean"] / run["ours_ms"]["mean"]
+            run["speedup_vs_o3d_median"] = run["o3d_ms"]["median"] / run["ours_ms"]["median"]
         if args.coverage:
             run["coverage"] = coverage(K, frames, vs, args)
         result["runs"].append(run)
         print(f"  voxel {vs * 100:g} cm done (ours {run['ours_ms']['mean']:.2f} ms/frame)")
 
     result["loadavg_after"] = os.getloadavg()
-    hdr = (f"{'voxel':>6} | {'ours ms':>8} {'(med)':>6} | {'o3d ms':>7} {'(int.)':>6} | {'o3d/ours':>8} | "
+    hdr = (f"{'voxel':>6} | {'ours ms':>8} {'(med)':>6} | {'o3d ms':>7} {'(med)':>6} {'(int.)':>6} | "
+           f"{'o3d/ours':>8} {'(med)':>5} | "
            f"{'blocks ours/o3d':>16} | {'mesh s ours/o3d':>16} | {'GIL ours/o3d':>13}")
     print("\n" + hdr + "\n" + "-" * len(hdr))
     for r in result["runs"]:
         o = r.get("o3d_ms", {}).get("mean", float("nan"))
         oi = r.get("o3d_integrate_only_ms", {}).get("mean", float("nan"))
+        om = r.get("o3d_ms", {}).get("median", float("nan"))
         print(f"{r['voxel_size_m'] * 100:>4g}cm | {r['ours_ms']['mean']:>8.2f} {r['ours_ms']['median']:>6.2f} | "
-              f"{o:>7.2f} {oi:>6.2f} | {r.get('speedup_vs_o3d', float('nan')):>8.2f} | "
+              f"{o:>7.2f} {om:>6.2f} {oi:>6.2f} | {r.get('speedup_vs_o3d', float('nan')):>8.2f} "
+              f"{r.get('speedup_vs_o3d_median', float('nan')):>5.2f} | "
               f"{r['ours_blocks']:>7}/{r.get('o3d_blocks', 0):<8} | "
               f"{r.get('ours_mesh_s', float('nan')):>7.2f}/{r.get('o3d_mesh_s', float('nan')):<8.2f} | "
               f"{r['ours_gil_share'] * 100:>5.0f}%/{r.get('o3d_gil_share', float('nan')) * 100:<5.0f}%")

@@ -88,7 +88,68 @@ class SystemConfig:
                                      "reports 'lost'.", unit="frames", lo=1, hi=10000)
 
 
-SECTIONS: Tuple[Type, ...] = (GridConfig, IntegrationConfig, SystemConfig, RunConfig)
+@dataclass
+class OccupancyConfig:
+    """Planner outputs derived from the TSDF (``neural_mapping/occupancy.py``).
+
+    The map frame is the world frame made gravity-aligned: its z axis is ``up``
+    (``map_up_source``), its x axis the world x axis projected onto the horizontal
+    plane (world y where x is vertical), its origin the world origin or the first
+    camera (``map_origin``).  Heights below are in that frame.
+    """
+
+    occupancy_min_z_m: float = param(0.1, "Bottom of the height band projected into the 2D "
+                                     "occupancy grid (map frame, z up; above the floor).",
+                                     unit="m", lo=-100.0, hi=100.0)
+    occupancy_max_z_m: float = param(1.2, "Top of the height band projected into the 2D occupancy "
+                                     "grid (map frame; e.g. the robot's height).", unit="m",
+                                     lo=-100.0, hi=100.0)
+    occupancy_resolution_m: float = param(0.05, "Cell size of the 2D occupancy grid, ESDF slice and "
+                                          "costmap (0 = the voxel size).", unit="m", lo=0.0, hi=10.0)
+    occupancy_min_weight: float = param(2.0, "TSDF weight (number of fused observations) from which "
+                                        "a voxel counts as observed; below it the voxel is unknown.",
+                                        lo=0.0, hi=1e6)
+    occupied_surface_margin_vox: float = param(
+        0.5, "A voxel is occupied when its signed distance is at most this many voxels (0.5: the "
+        "surface passes through the voxel), free above it.", unit="voxels", lo=0.0, hi=4.0)
+    occupied_thickness_m: float = param(0.2, "Observed voxels behind the surface count as occupied "
+                                        "down to this depth (capped by the truncation: deeper "
+                                        "voxels are never observed).", unit="m", lo=0.0, hi=10.0)
+    occupancy_grid_growth_m: float = param(
+        5.0, "When the map leaves the 2D grid, the grid grows by at least this much per side (or "
+        "half its size, if more), so size/origin change rarely (Nav2 resizes its costmap on every "
+        "change).", unit="m", lo=0.0, hi=1000.0)
+    esdf_max_distance_m: float = param(2.0, "Distances in the ESDF slice are clipped to this.",
+                                       unit="m", lo=0.0, hi=1000.0)
+    costmap_inscribed_radius_m: float = param(0.2, "Cells closer than this to an occupied cell get "
+                                              "cost 99 (the robot's inscribed radius).", unit="m",
+                                              lo=0.0, hi=100.0)
+    costmap_inflation_radius_m: float = param(
+        0.55, "Cells within this distance of an occupied cell get a decaying cost 98..1 (Nav2 "
+        "inflation layer semantics); 0 = no inflation.", unit="m", lo=0.0, hi=100.0)
+    costmap_cost_scaling_factor: float = param(
+        3.0, "Exponential decay rate of the inflated cost past the inscribed radius (as Nav2's "
+        "cost_scaling_factor).", unit="1/m", lo=0.0, hi=1000.0)
+    map_up_source: str = param(
+        "world_z", "Where the map frame's up axis comes from: world_z (the world frame is already "
+        "z-up: synthetic room, TUM mocap), vector (map_up_x/y/z in world coordinates, e.g. minus "
+        "7-Scenes' gravity-direction.txt), first_camera (minus the optical y axis of the first "
+        "pose: the first view held level).", choices=("world_z", "vector", "first_camera"))
+    map_up_x: float = param(0.0, "x of the up vector in world coordinates (map_up_source=vector).",
+                            lo=-1e6, hi=1e6)
+    map_up_y: float = param(0.0, "y of the up vector in world coordinates (map_up_source=vector).",
+                            lo=-1e6, hi=1e6)
+    map_up_z: float = param(1.0, "z of the up vector in world coordinates (map_up_source=vector).",
+                            lo=-1e6, hi=1e6)
+    map_origin: str = param("world", "Origin of the map frame: world (the world origin) or "
+                            "first_camera (below the first camera by first_camera_height_m).",
+                            choices=("world", "first_camera"))
+    first_camera_height_m: float = param(
+        0.0, "Height of the first camera above the floor (map_origin=first_camera puts map z = 0 "
+        "this far below it).", unit="m", lo=-100.0, hi=100.0)
+
+
+SECTIONS: Tuple[Type, ...] = (GridConfig, IntegrationConfig, SystemConfig, RunConfig, OccupancyConfig)
 
 
 @dataclass
@@ -97,6 +158,7 @@ class MappingConfig:
     integration: IntegrationConfig = field(default_factory=IntegrationConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
 
     # ---- views -------------------------------------------------------------------------
     def sections(self) -> Iterator[Any]:
@@ -156,6 +218,14 @@ class MappingConfig:
             raise ValueError(f"depth_min_m ({i.depth_min_m}) must be < depth_max_m ({i.depth_max_m})")
         if self.grid.initial_capacity_blocks > self.grid.max_capacity_blocks:
             raise ValueError("initial_capacity_blocks must be <= max_capacity_blocks")
+        o = self.occupancy
+        if o.occupancy_min_z_m >= o.occupancy_max_z_m:
+            raise ValueError(f"occupancy_min_z_m ({o.occupancy_min_z_m}) must be < "
+                             f"occupancy_max_z_m ({o.occupancy_max_z_m})")
+        if o.costmap_inscribed_radius_m > o.costmap_inflation_radius_m > 0:
+            raise ValueError("costmap_inscribed_radius_m must be <= costmap_inflation_radius_m")
+        if o.map_up_source == "vector" and o.map_up_x ** 2 + o.map_up_y ** 2 + o.map_up_z ** 2 < 1e-12:
+            raise ValueError("map_up_x/y/z must not all be 0 with map_up_source=vector")
 
     @property
     def truncation_m(self) -> float:

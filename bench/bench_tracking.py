@@ -376,6 +376,7 @@ def main(argv=None):
                     help="do not weight residuals by sigma(z) ~ z^2")
     ap.add_argument("--undistort", action="store_true", help="undistort TUM depth (plumb_bob)")
     ap.add_argument("--no-open3d", action="store_true")
+    ap.add_argument("--no-ours", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tracking.json"))
@@ -395,10 +396,11 @@ def main(argv=None):
         else:
             seq = load_7scenes(DATA / "7scenes_redkitchen", args.frames)
         print(f"{seq.name}: {len(seq)} frames loaded in {time.perf_counter() - t:.1f} s", flush=True)
-        r = run_ours(seq, args)
-        r["sequence"] = seq.name
-        rows.append(r)
-        print(json.dumps(r), flush=True)
+        if not args.no_ours:
+            r = run_ours(seq, args)
+            r["sequence"] = seq.name
+            rows.append(r)
+            print(json.dumps(r), flush=True)
         if not args.no_open3d:
             r = run_open3d(seq, args)
             r["sequence"] = seq.name

@@ -52,11 +52,11 @@ from .types import CameraIntrinsics
 class TrackerConfig:
     base_width: int = 320
     """The frame is block-averaged to this width (640 -> 320) before the pyramid."""
-    model_width: int = 320
+    model_width: int = 160
     """Width of the raycast made by :meth:`Tracker.predict` (the model view)."""
     iterations: Tuple[int, ...] = (6, 4, 3)
     """Gauss-Newton iterations per pyramid level, coarse to fine (level count = length)."""
-    max_dist_m: Tuple[float, ...] = (0.10, 0.07, 0.05)
+    max_dist_m: Tuple[float, ...] = (0.10, 0.05, 0.03)
     """Data association: largest point distance per level (coarse to fine)."""
     max_angle_deg: float = 30.0
     """Data association: largest angle between frame and model normals."""

@@ -143,7 +143,7 @@ def test_model_callback_and_raycast_like_objects(reference):
         return ModelView.from_depth(d0, K, T0)
 
     res = Tracker().track_depth(d1, None, K, model_fn, T_init=T0)
-    assert res.ok and len(calls) == 1 and calls[0][1].width == 320
+    assert res.ok and len(calls) == 1 and calls[0][1].width == Tracker().config.model_width
     assert _err(res.T_world_cam, T1)[0] < 0.002
 
     class FakeRaycast:  # world-frame maps + pose, like raycast.RaycastResult

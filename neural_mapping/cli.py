@@ -1,4 +1,5 @@
-"""Command line: ``neural-mapping run DATASET --out DIR`` and ``neural-mapping eval EST GT --out DIR``.
+"""Command line: ``neural-mapping run DATASET --out DIR``, ``neural-mapping eval EST GT --out DIR``,
+``neural-mapping make-bag DATASET OUT`` and ``neural-mapping replay BAG --out DIR``.
 
 ``python -m neural_mapping.cli ...`` works the same.  Map options come from the typed
 config (:mod:`neural_mapping.config`): one ``--flag`` per field, the same names as the
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="neural-mapping",
         description="Dense RGB-D mapping (torch voxel-block TSDF), offline on datasets.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{run,eval}")
+    sub = p.add_subparsers(dest="command", metavar="{run,eval,make-bag,replay}")
     sub.required = True
 
     r = sub.add_parser("run", help="map a dataset and write mesh, poses, metrics and pictures",
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", "-o", metavar="DIR", required=True, help="output folder")
     e.add_argument("--max-diff-s", type=float, default=0.02, metavar="S",
                    help="largest timestamp difference of a pose pair (default: 0.02 s)")
+    _add_bag_parsers(sub)
     return p
 
 
@@ -177,11 +179,177 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ bags
+MAKE_BAG_EPILOG = """\
+topics written (rosbag2, rosbags; see neural_mapping/bags.py):
+  /camera/depth/image_raw     sensor_msgs/Image 16UC1 (mm, 0 invalid) or 32FC1 (m, NaN invalid)
+  /camera/color/image_raw     sensor_msgs/Image rgb8
+  /camera/depth/camera_info   sensor_msgs/CameraInfo (K, P = [K|0]; registered to colour)
+  /camera/color/camera_info   sensor_msgs/CameraInfo
+  /camera/pose                geometry_msgs/PoseStamped ground truth (frame map)
+  /tf_static                  tf2_msgs/TFMessage camera_link -> camera_color_optical_frame
+
+examples:
+  neural-mapping make-bag ../shared/data/7scenes_redkitchen output/kitchen_bag --max-frames 300
+  neural-mapping replay output/kitchen_bag --out output/kitchen_replay
+  ros2 launch neural_mapping replay.launch.py bag:=output/kitchen_bag
+"""
+
+REPLAY_EPILOG = """\
+Runs the same offline pipeline as `run` (strict sync: deterministic) straight from the
+bag, without ROS. Frames follow the depth topic; colour is paired by nearest header
+stamp within --sync-tolerance-s, the pose topic (PoseStamped, Odometry or
+TransformStamped, T_world_cam of the depth optical frame) is interpolated to the depth
+stamp, never extrapolated. A topic flag left out uses the default name, and the colour
+and pose topics are then optional; a topic named explicitly must exist (the error lists
+the bag's topics). '' disables the colour or pose topic.
+
+outputs in --out: as `run` (mesh.ply, poses.txt with the bag's header stamps, config.yaml,
+metrics.json, trajectory.png, view_*.png).
+"""
+
+
+def _add_bag_parsers(sub) -> None:
+    from .datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
+
+    b = sub.add_parser("make-bag", help="write a dataset as a rosbag2 (mcap or sqlite3)",
+                       description="Convert DATASET (7-Scenes, TUM RGB-D or 'synthetic') into the "
+                                   "rosbag2 folder OUT with standard camera topics.",
+                       epilog=MAKE_BAG_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("dataset", metavar="DATASET",
+                   help="dataset folder (7-Scenes or TUM RGB-D layout) or the word 'synthetic'")
+    b.add_argument("out", metavar="OUT", help="rosbag2 folder to create (must not exist)")
+    b.add_argument("--format", choices=("mcap", "sqlite3"), default="mcap",
+                   help="rosbag2 storage (default: mcap)")
+    b.add_argument("--max-frames", type=int, default=0, metavar="N", help="first N frames (0 = all)")
+    b.add_argument("--stride", type=int, default=1, metavar="N", help="every N-th frame (default: 1)")
+    b.add_argument("--depth-encoding", choices=("16UC1", "32FC1"), default="16UC1",
+                   help="16UC1: millimetres, 0 invalid (default); 32FC1: metres, NaN invalid (lossless)")
+    b.add_argument("--time-offset-s", type=float, default=None, metavar="S",
+                   help="added to the dataset timestamps (default: 1700000000 when the dataset's "
+                        "clock starts near 0, as 7-Scenes and synthetic; else 0)")
+    b.add_argument("--no-color", action="store_true", help="write no colour topics")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--undistort", type=_str2bool, default=None, metavar="{true,false}",
+                   help="TUM only: undistort depth and colour (default: true)")
+    b.add_argument("--synthetic-frames", type=int, default=None, metavar="N",
+                   help="synthetic only: frames in the generated orbit (default: 120)")
+    b.add_argument("--synthetic-size", default=None, metavar="WxH",
+                   help="synthetic only: image size (default: 640x480)")
+    b.add_argument("--synthetic-noise-m", type=float, default=None, metavar="SIGMA",
+                   help="synthetic only: depth noise std at 1 m (default: 0)")
+
+    r = sub.add_parser("replay", help="map a rosbag2 offline (no ROS), same outputs as run",
+                       description="Map the rosbag2 BAG (folder, .mcap or .db3) with the offline "
+                                   "pipeline and write the results to --out.",
+                       epilog=REPLAY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("bag", metavar="BAG", help="rosbag2 folder (metadata.yaml) or .mcap / .db3 file")
+    r.add_argument("--out", "-o", metavar="DIR", default=None,
+                   help="output folder (default: output_dir of the config, 'output')")
+    r.add_argument("--config", metavar="YAML", default=None,
+                   help="config file; flags given on the command line override it")
+    t = r.add_argument_group("topics")
+    t.add_argument("--depth-topic", default=None, metavar="TOPIC",
+                   help=f"sensor_msgs/Image depth (default: {DEPTH_TOPIC})")
+    t.add_argument("--color-topic", default=None, metavar="TOPIC",
+                   help=f"sensor_msgs/Image colour, '' for none (default: {COLOR_TOPIC}, if present)")
+    t.add_argument("--camera-info-topic", default=None, metavar="TOPIC",
+                   help=f"sensor_msgs/CameraInfo of the depth image (default: {DEPTH_INFO_TOPIC})")
+    t.add_argument("--pose-topic", default=None, metavar="TOPIC",
+                   help="PoseStamped / Odometry / TransformStamped, '' for none "
+                        f"(default: {POSE_TOPIC}, if present)")
+    t.add_argument("--sync-tolerance-s", type=float, default=0.02, metavar="S",
+                   help="largest depth-colour stamp difference of a pair (default: 0.02)")
+    t.add_argument("--max-pose-gap-s", type=float, default=0.5, metavar="S",
+                   help="do not interpolate poses across a longer gap (default: 0.5)")
+    misc = r.add_argument_group("run options")
+    misc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    misc.add_argument("--no-views", action="store_true", help="do not render the view_*.png pictures")
+    add_config_arguments(r, skip=("output_dir",))
+
+
+def cmd_make_bag(args) -> int:
+    from .bags import make_bag
+
+    kw = _dataset_kwargs(args)
+    try:
+        s = make_bag(args.dataset, args.out, storage=args.format, max_frames=args.max_frames or None,
+                     stride=args.stride, depth_encoding=args.depth_encoding,
+                     time_offset_s=args.time_offset_s, with_color=not args.no_color,
+                     dataset_kwargs=kw, progress=not args.no_progress)
+    except (DatasetError, ValueError, FileExistsError) as e:
+        print(f"neural-mapping make-bag: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {s.path} ({s.storage}, {s.size_bytes / 2 ** 20:.1f} MiB): {s.frames} frames, "
+          f"{s.duration_s:.2f} s from {s.start_s:.3f} s (time offset {s.time_offset_s:g} s), "
+          f"{s.wall_s:.1f} s to write")
+    for topic, n in s.messages.items():
+        print(f"  {topic:28s} {n} messages")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from .datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC, RosbagDataset
+    from .pipeline import run
+
+    try:
+        base = MappingConfig.from_flat({"sync_mode": "strict"})
+        if args.config:
+            base = MappingConfig.from_yaml(args.config, base)
+        cfg = config_from_args(args, base)
+        if args.out:
+            cfg = MappingConfig.from_flat({"output_dir": args.out}, cfg)
+    except (ValueError, OSError) as e:
+        print(f"neural-mapping replay: configuration error: {e}", file=sys.stderr)
+        return 2
+    # a flag left out: the default topic, optional for colour and pose; '' disables one
+    optional = [k for k, v in (("color", args.color_topic), ("pose", args.pose_topic)) if v is None]
+    color_topic = COLOR_TOPIC if args.color_topic is None else (args.color_topic or None)
+    pose_topic = POSE_TOPIC if args.pose_topic is None else (args.pose_topic or None)
+    try:
+        ds = RosbagDataset(args.bag, max_frames=cfg.run.max_frames or None, stride=cfg.run.frame_stride,
+                           depth_topic=args.depth_topic or DEPTH_TOPIC, color_topic=color_topic,
+                           camera_info_topic=args.camera_info_topic or DEPTH_INFO_TOPIC,
+                           pose_topic=pose_topic,
+                           optional=optional, sync_tolerance_s=args.sync_tolerance_s,
+                           max_pose_gap_s=args.max_pose_gap_s)
+    except (DatasetError, ValueError) as e:
+        print(f"neural-mapping replay: {e}", file=sys.stderr)
+        return 2
+    if cfg.run.pose_source in ("external", "external+refine") and ds.pose_topic is None:
+        ds.close()
+        print(f"neural-mapping replay: pose_source {cfg.run.pose_source!r} needs a pose topic and the "
+              "bag has none in use (--pose-topic TOPIC, or --pose-source track)", file=sys.stderr)
+        return 2
+    try:
+        with ds:
+            res = run(ds, cfg, progress=not args.no_progress, render_views=not args.no_views)
+    except DatasetError as e:
+        print(f"neural-mapping replay: {e}", file=sys.stderr)
+        return 2
+    m = res.metrics
+    print(f"bag            {ds.describe()}")
+    print(f"frames         {m['frames']} integrated ({m['frames_skipped_no_pose']} without pose skipped, "
+          f"{ds.dropped_no_color} depth images without colour dropped)")
+    print(f"speed          {_fmt(m['fps'], ' frames/s', 1)} end to end on {m['device']}")
+    print(f"map            {m['blocks']} blocks, mesh {m['mesh_vertices']} vertices, "
+          f"{m['mesh_triangles']} triangles")
+    if "ate_rmse_cm" in m:
+        print(f"trajectory     ATE RMSE {_fmt(m['ate_rmse_cm'], ' cm')} against the pose topic "
+              f"(pose source: {m['pose_source']})")
+    print(f"outputs        {res.out_dir}/: " + ", ".join(sorted(p.name for p in res.files.values())))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "make-bag":
+        return cmd_make_bag(args)
+    if args.command == "replay":
+        return cmd_replay(args)
     return cmd_eval(args)
 
 

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .base import Dataset, DatasetError, select_indices
+from .rosbag import LAYOUT_HELP as _ROSBAG_LAYOUT
+from .rosbag import RosbagDataset, is_rosbag
 from .seven_scenes import SevenScenes, is_seven_scenes
 from .synthetic import SyntheticRoom
 from .tum import TUMRGBD, is_tum
 
-__all__ = ["Dataset", "DatasetError", "SevenScenes", "TUMRGBD", "SyntheticRoom", "open_dataset",
+__all__ = ["Dataset", "DatasetError", "SevenScenes", "TUMRGBD", "SyntheticRoom", "RosbagDataset",
+           "open_dataset",
            "detect_format", "SUPPORTED_LAYOUTS", "select_indices"]
 
 SUPPORTED_LAYOUTS = """\
@@ -26,17 +29,20 @@ SUPPORTED_LAYOUTS = """\
   7-Scenes       a folder with camera-intrinsics.txt and frame-XXXXXX.{color.jpg|color.png,
                  depth.png (uint16 mm), pose.txt (4x4 camera-to-world)} (7-Scenes / 3DMatch)
   TUM RGB-D      a folder with rgb.txt and depth.txt (+ groundtruth.txt, optional), depth
-                 PNGs with 5000 units per metre (TUM RGB-D benchmark sequences)"""
+                 PNGs with 5000 units per metre (TUM RGB-D benchmark sequences)
+""" + _ROSBAG_LAYOUT
 
 
 def detect_format(path_or_name: Union[str, Path]) -> str:
-    """``"synthetic"``, ``"7scenes"`` or ``"tum"``; :class:`DatasetError` otherwise."""
+    """``"synthetic"``, ``"7scenes"``, ``"tum"`` or ``"rosbag2"``; :class:`DatasetError` otherwise."""
     if str(path_or_name).strip().lower() == "synthetic":
         return "synthetic"
     path = Path(path_or_name)
     if not path.exists():
         raise DatasetError(f"dataset {str(path_or_name)!r} not found: not a folder, and not the name "
                            f"'synthetic'. Supported inputs:\n{SUPPORTED_LAYOUTS}")
+    if is_rosbag(path):
+        return "rosbag2"
     if not path.is_dir():
         raise DatasetError(f"dataset {str(path)!r} is a file; expected a folder. Supported inputs:\n"
                            f"{SUPPORTED_LAYOUTS}")
@@ -61,4 +67,6 @@ def open_dataset(path_or_name: Union[str, Path], max_frames: Optional[int] = Non
         return SyntheticRoom(max_frames=max_frames, stride=stride, **kwargs)
     if kind == "7scenes":
         return SevenScenes(path_or_name, max_frames=max_frames, stride=stride, **kwargs)
+    if kind == "rosbag2":
+        return RosbagDataset(path_or_name, max_frames=max_frames, stride=stride, **kwargs)
     return TUMRGBD(path_or_name, max_frames=max_frames, stride=stride, **kwargs)

@@ -138,9 +138,9 @@ def test_model_callback_and_raycast_like_objects(reference):
     d1 = render_depth(T1)
     calls = []
 
-    def model_fn(T_ref, K):
-        calls.append((T_ref, K))
-        return ModelView.from_depth(d0, K, T0)
+    def model_fn(T_ref, K_model):
+        calls.append((T_ref, K_model))
+        return ModelView.from_depth(d0, K, T0, width=K_model.width)
 
     res = Tracker().track_depth(d1, None, K, model_fn, T_init=T0)
     assert res.ok and len(calls) == 1 and calls[0][1].width == Tracker().config.model_width

@@ -281,8 +281,9 @@ class RosbagDataset(Dataset):
                 raise DatasetError(f"{self.path}: no frames selected (max_frames={max_frames}, "
                                    f"stride={stride})")
             self._sel = sel
-            self.timestamps = np.array([self._depth[k][0] for k in sel], dtype=np.int64) * 1e-9
             self._stamps_ns = np.array([self._depth[k][0] for k in sel], dtype=np.int64)
+            sec, nsec = np.divmod(self._stamps_ns, 1_000_000_000)
+            self.timestamps = sec.astype(np.float64) + nsec * 1e-9  # ROS time, seconds
             self._poses = [self._pose_at(int(t)) for t in self._stamps_ns]
             self.no_ground_truth = sum(p is None for p in self._poses)
             self.has_ground_truth = self.pose_topic is not None and self.no_ground_truth < len(sel)

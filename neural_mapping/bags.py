@@ -160,6 +160,13 @@ def _qos(transient_local: bool = False, depth: int = 10):
                zero, zero, QosLiveliness.AUTOMATIC, zero, False)
 
 
+def _to_ns(t: float) -> int:
+    """Seconds to integer nanoseconds, exact to the nanosecond for epoch-sized values (the
+    fraction is rounded on its own, not ``t * 1e9`` with its ~256 ns float64 spacing)."""
+    sec = math.floor(t)
+    return int(sec) * 1_000_000_000 + int(round((t - sec) * 1e9))
+
+
 def default_time_offset(ds: Dataset) -> float:
     """``EPOCH_OFFSET_S`` for datasets whose clock starts near zero, else 0."""
     ts = np.asarray(ds.timestamps, dtype=np.float64)
@@ -220,9 +227,10 @@ def make_bag(dataset: Union[str, Path, Dataset], out: Union[str, Path], *, stora
             bar = tqdm(total=n, unit="frame", desc=f"writing {out.name}", dynamic_ncols=True)
         K = ds.intrinsics
         prev_ns = -1
+        offset_ns = _to_ns(offset)
         for i in range(n):
             f = ds[i]
-            ns = int(round((f.timestamp + offset) * 1e9))
+            ns = _to_ns(f.timestamp) + offset_ns
             if ns < 0:
                 raise ValueError(f"frame {i}: stamp {f.timestamp + offset:.9f} s is negative; pass a "
                                  "time offset")

@@ -104,17 +104,28 @@ class OccupancyConfig:
     occupancy_max_z_m: float = param(1.2, "Top of the height band projected into the 2D occupancy "
                                      "grid (map frame; e.g. the robot's height).", unit="m",
                                      lo=-100.0, hi=100.0)
-    occupancy_resolution_m: float = param(0.05, "Cell size of the 2D occupancy grid, ESDF slice and "
-                                          "costmap (0 = the voxel size).", unit="m", lo=0.0, hi=10.0)
+    occupancy_resolution_m: float = param(
+        0.0, "Cell size of the 2D occupancy grid, ESDF slice and costmap (0 = the voxel size). "
+        "Use a multiple of the voxel size: cell borders then fall on voxel borders; otherwise "
+        "voxels straddling two cells mark both (obstacles grow by up to a voxel).", unit="m",
+        lo=0.0, hi=10.0)
     occupancy_min_weight: float = param(2.0, "TSDF weight (number of fused observations) from which "
                                         "a voxel counts as observed; below it the voxel is unknown.",
                                         lo=0.0, hi=1e6)
     occupied_surface_margin_vox: float = param(
-        0.5, "A voxel is occupied when its signed distance is at most this many voxels (0.5: the "
-        "surface passes through the voxel), free above it.", unit="voxels", lo=0.0, hi=4.0)
-    occupied_thickness_m: float = param(0.2, "Observed voxels behind the surface count as occupied "
-                                        "down to this depth (capped by the truncation: deeper "
-                                        "voxels are never observed).", unit="m", lo=0.0, hi=10.0)
+        0.45, "A voxel in front of a surface is occupied when the TSDF zero crossing towards an "
+        "observed neighbour lies within this many voxels of its centre (0.5: anywhere in its cube; "
+        "a little less keeps a surface that only touches a face out).", unit="voxels", lo=0.0,
+        hi=0.5)
+    occupied_thickness_m: float = param(
+        0.05, "Observed voxels behind a surface count as occupied down to this (projective) "
+        "distance; deeper ones are unknown (the projective TSDF also writes negative values into "
+        "free space occluded by thin objects, up to the truncation).", unit="m", lo=0.0, hi=10.0)
+    occupancy_free_evidence_height_m: float = param(
+        0.0, "A 2D cell is free only if a free voxel was observed within this height above "
+        "occupancy_min_z_m (at least one voxel; 0 = the band's lowest voxel layer): free space "
+        "seen only above an unobserved lower part (the far side of an obstacle) leaves the cell "
+        "unknown.", unit="m", lo=0.0, hi=100.0)
     occupancy_grid_growth_m: float = param(
         5.0, "When the map leaves the 2D grid, the grid grows by at least this much per side (or "
         "half its size, if more), so size/origin change rarely (Nav2 resizes its costmap on every "

@@ -13,9 +13,12 @@ For each sequence (TUM fr1/xyz, 7-Scenes redkitchen 0-499 from ../shared/data):
 
 ATE RMSE (cm) after SE(3) Umeyama alignment (and after first-frame alignment), frames/s
 (wall time of the loop, images preloaded), tracking failures.  Prints a table and writes
-``bench/results/tracking.json``.
+``bench/results/tracking.json``.  ``--undistort`` undistorts TUM's depth and color (plumb_bob,
+nearest-pixel remap) for *both* methods.  Run it on an idle machine: other processes on the
+2 cores slow torch's OpenMP barriers badly (``--threads 1`` is the robust choice).
 
-    .venv/bin/python bench/bench_tracking.py                  # both sequences, ours + Open3D
+    .venv/bin/python bench/bench_tracking.py --threads 1 --undistort   # both sequences, ours + Open3D
+    .venv/bin/python bench/bench_tracking.py                  # same, TUM depth left distorted
     .venv/bin/python bench/bench_tracking.py --sequences tum --frames 200 --no-open3d
 """
 

@@ -215,7 +215,8 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
 
     ``depth``: [H, W] float32 metres (0 / NaN invalid); ``color``: [H, W, 3] uint8
     RGB or None; ``T_world_cam``: 4x4 camera-to-world.  Returns
-    ``{"blocks_touched", "blocks_new", "blocks_total"}``.
+    ``{"blocks_touched", "blocks_new", "blocks_total", "slots"}``; ``slots`` (int64 tensor on
+    the grid's device) are the blocks whose voxels this frame may have changed (for meshing).
     Raises :class:`~neural_mapping.grid.CapacityError` (map unchanged) when the
     grid would exceed its capacity.
     """
@@ -241,7 +242,8 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
                             stride=alloc_stride, samples=alloc_samples)
     n_before = grid.num_blocks
     if coords.shape[0] == 0:
-        return {"blocks_touched": 0, "blocks_new": 0, "blocks_total": n_before}
+        return {"blocks_touched": 0, "blocks_new": 0, "blocks_total": n_before,
+                "slots": torch.empty(0, dtype=torch.int64, device=device)}
     coords, slots = grid.allocate(coords)
     nb = int(slots.shape[0])
     B = grid.block_size
@@ -341,7 +343,7 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
         color_pool.index_copy_(0, slots, Cold)
 
     return {"blocks_touched": nb, "blocks_new": grid.num_blocks - n_before,
-            "blocks_total": grid.num_blocks}
+            "blocks_total": grid.num_blocks, "slots": slots}
 
 
 def _pose_numpy(T: TensorOrArray) -> np.ndarray:

@@ -74,6 +74,7 @@ class MappingSystem:
     def __init__(self, config: Optional[MappingConfig] = None,
                  on_pose: Optional[Callable[[PoseResult], None]] = None,
                  on_integrated: Optional[Callable[[int, int], None]] = None):
+        from .mesh_cache import MeshCache
         from .tsdf import TSDFVolume  # local: keeps import of the package light
 
         self.config = config or MappingConfig()
@@ -83,6 +84,8 @@ class MappingSystem:
         self.pose_source = cfg.run.pose_source
         self.volume = TSDFVolume.from_config(cfg)
         self.device = self.volume.grid.device
+        # blocks changed by integration, re-meshed by mesh_update() (see mesh_cache.py)
+        self.mesh_cache = MeshCache()
         self.on_pose = on_pose
         self.on_integrated = on_integrated
         self.pose_buffer = PoseBuffer(max_age_s=cfg.system.pose_buffer_s)
@@ -175,6 +178,14 @@ class MappingSystem:
         with self.map_lock:
             return extract_mesh(self.volume.grid)
 
+    def mesh_update(self, max_blocks: Optional[int] = None):
+        """Re-mesh the blocks integration changed since the last call (the ``max_blocks``
+        oldest if given): a :class:`~neural_mapping.mesh_cache.MeshUpdate` with the changed
+        and emptied blocks.  After ``reset()``/``load()`` it reports every block meshed
+        before as emptied and re-meshes the whole new map."""
+        with self.map_lock:
+            return self.mesh_cache.update(self.volume.grid, max_blocks)
+
     def save(self, path) -> None:
         """Save the map, its config and the trajectory (torch.save)."""
         with self.map_lock:
@@ -198,6 +209,7 @@ class MappingSystem:
         def swap():
             self.volume.grid = grid
             self.version += 1
+            self.mesh_cache.invalidate(grid, self.version)
             self._model = None
         self._request(swap).result(timeout)
 
@@ -206,6 +218,7 @@ class MappingSystem:
         def do_reset():
             self.volume.grid.reset()
             self.version += 1
+            self.mesh_cache.invalidate(self.volume.grid, self.version)
             self.frames_integrated = 0
             with self._model_cond:
                 self._model = None
@@ -422,10 +435,11 @@ class MappingSystem:
             frame, T = item
             with self.map_lock:
                 t0 = time.perf_counter()
-                self.volume.integrate(frame.depth, frame.intrinsics, T, frame.color)
+                stats = self.volume.integrate(frame.depth, frame.intrinsics, T, frame.color)
                 self._sync()
                 t1 = time.perf_counter()
                 self.version += 1
+                self.mesh_cache.mark_dirty(self.volume.grid, stats.get("slots"), self.version)
                 self.frames_integrated += 1
                 prediction = None
                 if self.tracker is not None:

@@ -86,6 +86,35 @@ class SystemConfig:
         "pose (never extrapolated), then expires (counted).", unit="s", lo=0.0, hi=60.0)
     lost_after_failures: int = param(5, "Consecutive tracking failures after which the tracker "
                                      "reports 'lost'.", unit="frames", lo=1, hi=10000)
+    torch_threads: int = param(
+        1, "torch intra-op threads for the process (0 = torch's default, one per core). 1 lets the "
+        "tracking and mapping threads each use a core without oversubscribing: with 2 threads per "
+        "op on 2 cores, ops slowed ~10x whenever anything else ran (measured).", lo=0, hi=256)
+
+
+@dataclass
+class TrackingConfig:
+    """Frame-to-model ICP (pose_source track / external+refine). Pyramid iterations and
+    per-level association distances keep the tracker's defaults (tracking.TrackerConfig)."""
+
+    tracking_width_px: int = param(320, "The frame is block-averaged to about this width before "
+                                   "the pyramid (640 -> 320).", unit="px", lo=32, hi=4096)
+    tracking_model_width_px: int = param(160, "Width of the raycast of the map that frames are "
+                                         "aligned to (the model view).", unit="px", lo=32, hi=4096)
+    tracking_max_angle_deg: float = param(30.0, "Largest angle between frame and model normals of "
+                                          "an associated pair.", unit="deg", lo=1.0, hi=90.0)
+    tracking_huber_m: float = param(0.01, "Huber threshold on point-to-plane residuals.", unit="m",
+                                    lo=1e-4, hi=1.0)
+    tracking_depth_noise_weighting: bool = param(
+        True, "Weight residuals by the depth noise model (sigma ~ z^2).")
+    tracking_min_inliers: int = param(200, "Fewer associated pairs: the frame fails (few_inliers).",
+                                      lo=6, hi=10_000_000)
+    tracking_max_rms_m: float = param(0.02, "Robust RMS residual above this: the frame fails "
+                                      "(large_residual).", unit="m", lo=1e-4, hi=1.0)
+    tracking_max_motion_m: float = param(0.30, "Estimate further than this from the initial guess: "
+                                         "the frame fails (large_motion).", unit="m", lo=0.001, hi=100.0)
+    tracking_max_motion_deg: float = param(30.0, "Rotation from the initial guess above this: the "
+                                           "frame fails (large_motion).", unit="deg", lo=0.1, hi=180.0)
 
 
 @dataclass
@@ -160,7 +189,8 @@ class OccupancyConfig:
         "this far below it).", unit="m", lo=-100.0, hi=100.0)
 
 
-SECTIONS: Tuple[Type, ...] = (GridConfig, IntegrationConfig, SystemConfig, RunConfig, OccupancyConfig)
+SECTIONS: Tuple[Type, ...] = (GridConfig, IntegrationConfig, SystemConfig, TrackingConfig, RunConfig,
+                               OccupancyConfig)
 
 
 @dataclass
@@ -168,6 +198,7 @@ class MappingConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     integration: IntegrationConfig = field(default_factory=IntegrationConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
 

@@ -80,6 +80,8 @@ class MappingSystem:
         self.config = config or MappingConfig()
         self.config.validate()
         cfg = self.config
+        if cfg.system.torch_threads > 0:  # process-wide (torch has no per-thread setting)
+            torch.set_num_threads(cfg.system.torch_threads)
         self.strict = cfg.system.sync_mode == "strict"
         self.pose_source = cfg.run.pose_source
         self.volume = TSDFVolume.from_config(cfg)

@@ -357,11 +357,12 @@ class Tracker:
                   lost_after_failures=cfg.system.lost_after_failures)
         if device is not None:
             kw["device"] = str(device)
-        tr_cfg = getattr(cfg, "tracking", None)
-        if tr_cfg is not None:
-            for f in fields(TrackerConfig):
-                if hasattr(tr_cfg, f.name):
-                    kw[f.name] = getattr(tr_cfg, f.name)
+        t = cfg.tracking  # config.TrackingConfig: the ROS/CLI/YAML-visible tracker settings
+        kw.update(base_width=t.tracking_width_px, model_width=t.tracking_model_width_px,
+                  max_angle_deg=t.tracking_max_angle_deg, huber_m=t.tracking_huber_m,
+                  depth_noise_weighting=t.tracking_depth_noise_weighting,
+                  min_inliers=t.tracking_min_inliers, max_rms_m=t.tracking_max_rms_m,
+                  max_motion_m=t.tracking_max_motion_m, max_motion_deg=t.tracking_max_motion_deg)
         kw.update(overrides)
         return cls(TrackerConfig(**kw))
 

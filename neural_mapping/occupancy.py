@@ -9,13 +9,19 @@ Voxel classes (per voxel, from the fused TSDF; ``d = tsdf * truncation_m`` is th
 signed distance in metres, ``w`` the fused weight)
     * **unknown**: ``w < occupancy_min_weight`` (never observed, or too rarely),
       or the block is not allocated;
-    * **occupied**: observed and ``-occupied_thickness_m <= d <= margin``, with
-      ``margin = occupied_surface_margin_vox * voxel_size`` (0.5: the surface
-      passes through the voxel's cube; a plain ``d <= 0`` would leave the cells a
-      surface only clips as free).  Voxels deeper behind a surface than the
-      truncation are never updated by the integration, so they stay unknown: the
-      thickness is effectively ``min(occupied_thickness_m, truncation)``;
-    * **free**: observed and ``d > margin``.
+    * **occupied**: observed and either behind a surface, ``-occupied_thickness_m <= d <= 0``,
+      or in front of it with the surface inside its cube: the zero crossing
+      towards an observed 6-neighbour with ``d_n <= 0`` lies within
+      ``occupied_surface_margin_vox`` voxels of its centre (linear interpolation,
+      ``d / (d - d_n) < margin``).  The ratio makes the test immune to the projective
+      TSDF's stretch of distances along oblique rays (a threshold on ``d`` in metres
+      is not: measured, it either misses cells a surface clips or grows obstacles
+      by a voxel).  Deeper negative voxels are *unknown*, not occupied: the
+      projective TSDF also writes negative values into free space occluded by an
+      obstacle (its "shadow", up to the truncation), which would grow obstacles on
+      their far side; voxels behind a surface by more than the truncation are never
+      updated anyway;
+    * **free**: observed, ``d > 0`` and not occupied.
 
 Map frame (gravity alignment)
     The 2D products live in a *map* frame whose z axis is up (REP-105), related to
@@ -37,13 +43,19 @@ Map frame (gravity alignment)
     cell ``(0, 0)``'s lower-left corner is ``origin_xy`` (yaw 0) in the map frame;
     cell ``(r, c)`` covers ``[ox + c*res, ox + (c+1)*res) x [oy + r*res, ...)``.
     Only voxels whose centre lies in ``[occupancy_min_z_m, occupancy_max_z_m]``
-    (map z) count.  A cell is occupied if an occupied voxel overlaps it (the
+    (map z) count.  A cell is **occupied** if an occupied voxel overlaps it (the
     voxel's axis-aligned footprint in the map frame is splatted onto every cell it
     overlaps, so no obstacle leaves a gap, also when the map frame is tilted
-    against the voxel grid), else free if a free voxel's centre falls in it, else
-    unknown.  The origin is always a multiple of the resolution: with the default
-    ``world_z`` frame and a resolution that is a multiple of the voxel size, cell
-    borders are voxel borders and the projection is exact.
+    against the voxel grid), else **free** if a free voxel of the band's lowest
+    layer (``occupancy_free_evidence_height_m`` above its bottom, at least one
+    voxel) has its centre in it, else **unknown**.  Free evidence only from the
+    bottom: free space seen *above* the unobserved far side of an obstacle must not
+    make the obstacle's cell free (measured on the synthetic room: with "any free
+    voxel in the band" cells inside the cone's footprint came out free).  The
+    origin is always a multiple of the resolution (default: the voxel size): with
+    the default ``world_z`` frame and a resolution that is a multiple of the voxel
+    size, cell borders are voxel borders and the projection is exact; otherwise a
+    voxel straddling two cells marks both (obstacles grow by up to a voxel).
 
 Incremental use: :class:`OccupancyMap2D` keeps the grid's origin and size across
 updates and only grows them (by ``occupancy_grid_growth_m`` per side, or half the
@@ -204,9 +216,10 @@ class _Voxels:
 
 def _classify(grid: VoxelBlockGrid, truncation_m: float, ocfg: OccupancyConfig,
               T_world_map: np.ndarray, z_band: Optional[Tuple[float, float]],
-              want: str = "both") -> _Voxels:
+              want: str = "both", free_top: Optional[float] = None) -> _Voxels:
     """Observed voxels (occupied or free per the module docstring) whose centres lie in
-    ``z_band`` (map z) if given.  ``want``: 'both' or 'occupied'."""
+    ``z_band`` (map z) if given.  ``want``: 'both' or 'occupied'.  ``free_top``: free voxels
+    above this map z are not needed (may be left out)."""
     dev = grid.device
     n = grid.num_blocks
     B = grid.block_size
@@ -233,34 +246,51 @@ def _classify(grid: VoxelBlockGrid, truncation_m: float, ocfg: OccupancyConfig,
             return empty
     nv = B ** 3
     min_w = max(float(ocfg.occupancy_min_weight), 1e-6)  # weight 0 is never observed
+    frac = float(ocfg.occupied_surface_margin_vox)
+    # a positive voxel at or above frac / (1 - frac) truncations cannot hold a zero crossing
+    # (its neighbour is >= -1): far from surfaces (most free space, clamped at +1) it is only
+    # needed as free evidence
+    pos_thr = frac / max(1.0 - frac, 1e-6)
     tsdf_flat = grid.attrs["tsdf"].view(-1)
     w_flat = grid.attrs["weight"].view(-1)
-    obs = grid.attrs["weight"].view(grid.capacity, nv).index_select(0, slots) >= min_w
-    if want == "occupied":  # candidates: the surface band (|tsdf| < 1) on either side
-        ts = grid.attrs["tsdf"].view(grid.capacity, nv).index_select(0, slots)
-        obs &= ts < 1.0
-    bi, li = obs.nonzero(as_tuple=True)
+    ts = grid.attrs["tsdf"].view(grid.capacity, nv).index_select(0, slots)
+    mask = grid.attrs["weight"].view(grid.capacity, nv).index_select(0, slots) >= min_w
+    near = (ts < pos_thr) & (ts >= -ocfg.occupied_thickness_m / truncation_m)
+    if z_band is not None:
+        # map z of every voxel: per-block part + per-offset part (no per-voxel matmul)
+        offs = (torch.stack(torch.meshgrid(*[torch.arange(B, device=dev)] * 3, indexing="ij"),
+                            -1).reshape(-1, 3).to(torch.float32) + 0.5) * vs
+        zb = (coords.index_select(0, slots).to(torch.float32) * (B * vs)) @ R[2] + t[2]
+        z = zb[:, None] + (offs @ R[2])[None, :]
+        mask &= (z >= z_band[0]) & (z <= z_band[1])
+        if free_top is not None:
+            near |= z <= free_top
+    if want == "occupied" or (z_band is not None and free_top is not None):
+        mask &= near
+    bi, li = mask.nonzero(as_tuple=True)
     if bi.numel() == 0:
         return empty
     slot = slots[bi]
     flat = slot * nv + li
     # voxel coordinates: block * B + local (local = li in (x, y, z) C order)
-    loc = torch.stack([li // (B * B), (li // B) % B, li % B], dim=1)
+    if B & (B - 1) == 0:  # power of two: shifts and masks instead of int64 division
+        sh = B.bit_length() - 1
+        loc = torch.stack([li >> (2 * sh), (li >> sh) & (B - 1), li & (B - 1)], dim=1)
+    else:
+        loc = torch.stack([li // (B * B), (li // B) % B, li % B], dim=1)
     v = coords.index_select(0, slot).to(torch.int64) * B + loc
     xyz = ((v.to(torch.float32) + 0.5) * vs) @ R.T + t
-    if z_band is not None:  # drop voxels outside the band before the neighbour lookups
-        idx = ((xyz[:, 2] >= z_band[0]) & (xyz[:, 2] <= z_band[1])).nonzero(as_tuple=True)[0]
-        xyz, v, flat = xyz.index_select(0, idx), v.index_select(0, idx), flat.index_select(0, idx)
     d = tsdf_flat.index_select(0, flat)  # in units of the truncation
     neg = d <= 0
     occ = neg & (d * truncation_m >= -ocfg.occupied_thickness_m)
     # a positive voxel whose cube holds the zero crossing towards an observed neighbour of
     # negative distance (linear interpolation: crossing at d / (d - d_n) voxels from its
     # centre; a ratio, so the projective TSDF's stretch along oblique rays cancels)
-    frac = float(ocfg.occupied_surface_margin_vox)
     v32 = v.to(torch.int32)
     vx, vy, vz = v32[:, 0], v32[:, 1], v32[:, 2]
-    pos_idx = (~neg).nonzero(as_tuple=True)[0]
+    # only a positive voxel below frac / (1 - frac) truncations can hold a crossing (the
+    # neighbour is >= -1): voxels clamped at +1 (far from surfaces, most of them) skip it
+    pos_idx = ((~neg) & (d < pos_thr)).nonzero(as_tuple=True)[0]
     if pos_idx.numel() and frac > 0:
         px, py, pz = vx[pos_idx], vy[pos_idx], vz[pos_idx]
         dp = d.index_select(0, pos_idx)
@@ -377,20 +407,34 @@ def _bounds_of(p: _Projection) -> Optional[Tuple[int, int, int, int]]:
 
 def _rasterize(p: _Projection, x0: int, y0: int, W: int, H: int, device) -> torch.Tensor:
     """int8 [H, W] grid with the cells at absolute indices ``x0 .. x0+W-1`` / ``y0 ..``."""
-    out = torch.full((H * W,), UNKNOWN, dtype=torch.int8, device=device)
+    out = torch.full((H * W + 1,), UNKNOWN, dtype=torch.int8, device=device)  # last: trash
+    trash = H * W
     cx, cy = p.ix - x0, p.iy - y0
     ok = (cx >= 0) & (cx < W) & (cy >= 0) & (cy < H)
-    out[(cy[ok] * W + cx[ok])] = FREE
+    out[torch.where(ok, cy * W + cx, trash)] = FREE
     if p.olo.numel():
-        lo = p.olo - torch.tensor([x0, y0], device=device)
-        hi = p.ohi - torch.tensor([x0, y0], device=device)
-        span = (hi - lo).max().item() + 1
-        for dx in range(span):
-            for dy in range(span):
-                cx, cy = lo[:, 0] + dx, lo[:, 1] + dy
-                ok = (cx <= hi[:, 0]) & (cy <= hi[:, 1]) & (cx >= 0) & (cx < W) & (cy >= 0) & (cy < H)
-                out[cy[ok] * W + cx[ok]] = OCCUPIED
-    return out.view(H, W)
+        off = torch.tensor([x0, y0], device=device)
+        size = torch.tensor([W - 1, H - 1], device=device)
+        lo, hi = p.olo - off, p.ohi - off
+        inside = ((hi >= 0) & (lo <= size)).all(dim=1)
+        lo = torch.minimum(torch.maximum(lo[inside], torch.zeros_like(size)), size)
+        hi = torch.minimum(torch.maximum(hi[inside], torch.zeros_like(size)), size)
+        span = hi - lo
+        S = int(span.max().item()) + 1 if span.numel() else 1
+        # many voxels (a column of a wall) share one footprint: deduplicate through a bitmap
+        # over (first cell, span) before splatting
+        key = ((lo[:, 1] * W + lo[:, 0]) * S + span[:, 0]) * S + span[:, 1]
+        bitmap = torch.zeros(H * W * S * S, dtype=torch.bool, device=device)
+        bitmap[key] = True
+        key = bitmap.nonzero(as_tuple=True)[0]
+        sy, key = key % S, key // S
+        sx, cell = key % S, key // S
+        lx, ly = cell % W, cell // W
+        for dx in range(S):
+            for dy in range(S):
+                sel = (dx <= sx) & (dy <= sy)
+                out[torch.where(sel, cell + dy * W + dx, trash)] = OCCUPIED
+    return out[:trash].view(H, W)
 
 
 def occupancy_grid_2d(volume, cfg=None, T_world_map: Optional[np.ndarray] = None, *,
@@ -414,9 +458,10 @@ def occupancy_grid_2d(volume, cfg=None, T_world_map: Optional[np.ndarray] = None
 
 
 def _project_band(grid, trunc, ocfg, T, res) -> _Projection:
-    vox = _classify(grid, trunc, ocfg, T, (ocfg.occupancy_min_z_m, ocfg.occupancy_max_z_m))
     # free evidence only from the bottom of the band (see the module docstring)
     top = ocfg.occupancy_min_z_m + max(ocfg.occupancy_free_evidence_height_m, grid.voxel_size_m)
+    vox = _classify(grid, trunc, ocfg, T, (ocfg.occupancy_min_z_m, ocfg.occupancy_max_z_m),
+                    free_top=top)
     idx = (vox.occupied | (vox.xyz[:, 2] <= top)).nonzero(as_tuple=True)[0]
     vox = _Voxels(vox.xyz.index_select(0, idx), vox.occupied.index_select(0, idx),
                   vox.flat.index_select(0, idx))

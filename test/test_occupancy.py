@@ -338,7 +338,6 @@ def test_gravity_aligned_map_transform():
     with pytest.raises(ValueError):
         O.gravity_aligned_map_transform((0, 0, 0))
     # a level camera (optical y down) gives up = world z
-    ds = SyntheticRoom(num_frames=4, width=64, height=48)
     from neural_mapping.datasets.synthetic import _look_at
     cam = _look_at(np.array([0.0, 0.0, 1.4]), np.array([1.0, 0.3, 1.4]))
     assert np.allclose(O.up_from_camera_pose(cam), [0, 0, 1])
@@ -352,7 +351,6 @@ def test_gravity_aligned_map_transform():
     v = O.map_transform_from_config(OccupancyConfig(map_up_source="vector", map_up_x=-g[0],
                                                     map_up_y=-g[1], map_up_z=-g[2]))
     assert np.allclose(v, T - np.pad(np.array([[1.0, 2, 3]]).T, ((0, 1), (3, 0))))
-    del ds
 
 
 def test_tilted_world_made_gravity_aligned():

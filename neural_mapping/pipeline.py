@@ -260,8 +260,33 @@ def write_outputs(result: RunResult, ds: Dataset, cfg: MappingConfig, render_vie
                           labels=("ground truth", f"poses ({cfg.run.pose_source})"))
     if render_views and len(result.poses):
         files.update(render_map_views(result, ds, cfg))
+    if len(result.poses):
+        files.update(write_occupancy(result, cfg))
     files["metrics"] = out / "metrics.json"
     write_json(files["metrics"], result.metrics)
+
+
+def write_occupancy(result: RunResult, cfg: MappingConfig) -> Dict[str, Path]:
+    """``occupancy.pgm`` + ``occupancy.yaml`` (Nav2 map_server format, map frame) and
+    ``occupancy.png`` (free white, occupied black, unknown grey; north up)."""
+    from .occupancy import map_transform_from_config, occupancy_grid_2d, save_nav2_map
+
+    out = result.out_dir
+    T_world_map = map_transform_from_config(cfg, result.poses[0])
+    grid = occupancy_grid_2d(result.volume, cfg, T_world_map)
+    counts = grid.counts()
+    result.metrics.update({f"occupancy_{k}_cells": int(v) for k, v in counts.items()})
+    result.metrics["occupancy_resolution_m"] = float(grid.resolution_m)
+    pgm, yml = save_nav2_map(grid, out / "occupancy")
+    data = np.asarray(grid.data)[::-1]  # image top row = largest y
+    img = np.full(data.shape + (3,), 160, np.uint8)
+    img[data == 0] = 255
+    img[data == 100] = 0
+    scale = max(1, int(np.ceil(400 / max(1, max(data.shape)))))
+    img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+    png = out / "occupancy.png"
+    save_png(png, img)
+    return {"occupancy_pgm": pgm, "occupancy_yaml": yml, "occupancy_png": png}
 
 
 def _as_numpy(x):

@@ -13,7 +13,8 @@ from neural_mapping.datasets import SUPPORTED_LAYOUTS, SyntheticRoom
 from neural_mapping.io import read_tum_trajectory, write_tum_trajectory
 
 RUN_OUTPUTS = ("mesh.ply", "poses.txt", "config.yaml", "metrics.json", "trajectory.png",
-               "view_color.png", "view_shaded.png", "view_last_color.png", "view_last_shaded.png")
+               "view_color.png", "view_shaded.png", "view_last_color.png", "view_last_shaded.png",
+               "occupancy.pgm", "occupancy.yaml", "occupancy.png")
 
 
 def _help(capsys, *argv):
@@ -108,6 +109,11 @@ def test_run_seven_scenes_end_to_end(redkitchen, tmp_path, capsys):
     assert im.shape[1] == 160 and im.std() > 5  # the map is in view
     im = np.asarray(Image.open(out / "view_last_color.png"))
     assert (im.sum(axis=2) > 0).mean() > 0.3  # the last camera sees its own map
+    # the Nav2 map pair loads back and agrees with the metrics
+    from neural_mapping.occupancy import load_nav2_map
+    grid = load_nav2_map(out / "occupancy.yaml")
+    assert grid.resolution_m == pytest.approx(m["occupancy_resolution_m"])
+    assert int((grid.data == 100).sum()) == m["occupancy_occupied_cells"] > 0
 
 
 def test_pipeline_synthetic_mesh_matches_ground_truth(tmp_path):

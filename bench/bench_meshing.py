@@ -6,6 +6,17 @@ Prints timings (median of --repeat runs) and vertex/triangle counts, and checks
 that the two meshes have the same vertices.
 
     .venv/bin/python bench/bench_meshing.py --frames 300 --voxel-size-m 0.02
+
+``--incremental``: the incremental path of the system (``MeshCache`` fed by our own
+integration, ``MeshPublisherState`` -> rclpy publish) at each ``--voxel-sizes``: mesh update
+ms while streaming the frames (update every ``--update-every`` frames), update ms for a
+fixed number of dirty blocks (a spatially coherent set, as a camera view makes) at 25 / 50 /
+100 % of the frames (flat in map size; a full extraction at the same points for contrast),
+and triangles/s through ``Publisher.publish(bytes)`` (budgeted messages of
+``--mesh-mbytes``, one subscriber in the same process that receives them raw).  Prints a
+table, writes bench/results/meshing.json (key "incremental").
+
+    .venv/bin/python bench/bench_meshing.py --incremental --frames 300 --voxel-sizes 0.01 0.02 0.05
 """
 
 from __future__ import annotations
@@ -81,6 +92,284 @@ def timed(fn, repeat: int):
     return out, statistics.median(times)
 
 
+# ------------------------------------------------------------------------------ incremental
+class _RosLoop:
+    """rclpy node with a publisher and (optionally) a raw subscriber on the same topic."""
+
+    def __init__(self):
+        import random
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from visualization_msgs.msg import MarkerArray
+        self.rclpy = rclpy
+        self.ctx = Context()
+        rclpy.init(args=[], context=self.ctx, domain_id=random.randint(100, 200))
+        self.node = rclpy.create_node("bench_meshing", context=self.ctx, start_parameter_services=False,
+                                      enable_rosout=False)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+        self.received = []
+        self.pub = self.node.create_publisher(MarkerArray, "bench/mesh", qos)
+        self.node.create_subscription(MarkerArray, "bench/mesh",
+                                      lambda b: self.received.append((time.perf_counter(), len(b))),
+                                      qos, raw=True)
+        self.pub_nosub = self.node.create_publisher(MarkerArray, "bench/mesh_nosub", qos)
+        end = time.monotonic() + 20
+        while self.pub.get_subscription_count() == 0 and time.monotonic() < end:
+            self.ex.spin_once(timeout_sec=0.02)
+        if self.pub.get_subscription_count() == 0:
+            raise RuntimeError("DDS discovery of the loopback subscriber failed")
+
+    def wait_received(self, n: int, timeout: float = 60.0) -> bool:
+        end = time.monotonic() + timeout
+        while len(self.received) < n and time.monotonic() < end:
+            self.ex.spin_once(timeout_sec=0.01)
+        return len(self.received) >= n
+
+    def close(self):
+        self.ex.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.ctx)
+
+
+def _pct(values, q):
+    return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 2) if len(values) else None
+
+
+def _coherent_set(coords: np.ndarray, n: int, rng) -> np.ndarray:
+    """Indices of the ``n`` blocks nearest to a random one (what one camera view dirties)."""
+    seed = coords[rng.integers(len(coords))]
+    return np.argsort(((coords - seed) ** 2).sum(1), kind="stable")[:n]
+
+
+def _tiled_grid(grid: VoxelBlockGrid, tiles: int) -> VoxelBlockGrid:
+    """``tiles`` (1, 4 or 16) copies of ``grid`` side by side on an x/z square (tile 0 at the
+    original place): a map ``tiles`` times larger around the very same blocks."""
+    n = grid.num_blocks
+    c = grid.active_coords().to(torch.int64)
+    ext = c.max(dim=0).values - c.min(dim=0).values + 3
+    side = int(round(tiles ** 0.5))
+    offs = [(i * int(ext[0]), 0, j * int(ext[2])) for i in range(side) for j in range(side)]
+    big = VoxelBlockGrid(grid.voxel_size_m, grid.block_size, device=grid.device,
+                         initial_capacity=n * tiles, max_capacity=max(300_000, n * tiles),
+                         max_index_cells=1 << 28)
+    allc = torch.cat([c + torch.tensor(o, device=c.device) for o in offs])
+    big.allocate(allc.to(torch.int32))
+    slots = big.lookup(allc)
+    for name in grid.attrs:
+        big.attrs[name][slots] = grid.attrs[name][:n].repeat((len(offs),) + (1,) * (grid.attrs[name].dim() - 1))
+    return big
+
+
+def run_incremental(args) -> None:
+    from neural_mapping.datasets import SevenScenes
+    from neural_mapping.mesh_cache import MeshCache, MeshUpdate, unpack_block_keys
+    from neural_mapping.meshing import extract_block_meshes
+    from neural_mapping.tsdf import TSDFVolume
+
+    try:
+        from neural_mapping.ros.mesh_publisher import MeshPublisherState
+        ros = _RosLoop()
+    except Exception as e:  # noqa: BLE001 - report, keep the core numbers
+        print(f"(no rclpy publishing: {type(e).__name__}: {e})")
+        ros = None
+    dev = torch.device(args.device)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    ds = SevenScenes(args.data, max_frames=args.frames)
+    frames = [ds[i] for i in range(len(ds))]
+    n = len(frames)
+    checkpoints = {max(1, round(n * f)): f for f in (0.25, 0.5, 1.0)}
+    budget = int(args.mesh_mbytes * 1e6) if args.mesh_mbytes > 0 else None
+    rng = np.random.default_rng(0)
+    wt = 0.0  # as MappingSystem's mesh cache
+    res = {"frames": n, "device": str(dev), "torch_threads": torch.get_num_threads(),
+           "cpu_count": os.cpu_count(), "loadavg_before": list(os.getloadavg()),
+           "update_every": args.update_every, "mesh_mbytes": args.mesh_mbytes, "runs": []}
+    for vs in args.voxel_sizes:
+        fixed_sets = {}
+        vol = TSDFVolume(voxel_size_m=vs, depth_max_m=args.depth_max_m, device=dev)
+        cache = MeshCache(weight_threshold=wt)
+        pstate = MeshPublisherState(max_bytes_per_update=budget) if ros else None
+        stream, ser_ms, pub_ms = [], [], []
+        sizes = []
+        for i, fr in enumerate(frames):
+            st = vol.integrate(fr)
+            cache.mark_dirty(vol.grid, st["slots"], i)
+            if (i + 1) % args.update_every == 0 or i == n - 1:
+                sync()
+                upd = cache.update(vol.grid)
+                stream.append((1e3 * upd.seconds, upd.dirty_processed, upd.blocks_extracted,
+                               len(upd.changed), upd.num_triangles))
+                if pstate is not None:  # incremental messages, no subscriber on this topic
+                    pstate.apply(upd)
+                    t0 = time.perf_counter()
+                    data = pstate.next_message(stamp=float(i))
+                    t1 = time.perf_counter()
+                    if data is not None:
+                        ros.pub_nosub.publish(data)
+                        pub_ms.append(1e3 * (time.perf_counter() - t1))
+                        ser_ms.append(1e3 * (t1 - t0))
+            if (i + 1) not in checkpoints:
+                continue
+            # ---- fixed numbers of dirty blocks at this map size
+            keys = list(cache.pieces())
+            coords = unpack_block_keys(keys).numpy()
+            point = {"map_fraction": checkpoints[i + 1], "frames": i + 1, "blocks": vol.grid.num_blocks,
+                     "mesh_blocks": len(keys), "triangles": cache.num_triangles, "dirty": {}}
+            for N in args.dirty_counts:
+                if N > len(keys):
+                    continue
+                if N not in fixed_sets:  # the same blocks at every map size
+                    if sizes:
+                        continue
+                    fixed_sets[N] = [coords[_coherent_set(coords, N, rng)] for _ in range(args.repeat)]
+                times, extracted, tri = [], [], []
+                for r in range(args.repeat):
+                    slots = vol.grid.lookup(torch.as_tensor(fixed_sets[N][r], device=dev))
+                    # change them a little (as integration would) so every piece is rebuilt
+                    vol.grid.attrs["tsdf"][slots] += 1e-5 if r % 2 == 0 else -1e-5
+                    cache.mark_dirty(vol.grid, slots, i)
+                    sync()
+                    t0 = time.perf_counter()
+                    upd = cache.update(vol.grid)
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                    extracted.append(upd.blocks_extracted)
+                    tri.append(upd.num_triangles)
+                point["dirty"][N] = {"update_ms": round(1e3 * statistics.median(times), 2),
+                                     "blocks_extracted": int(statistics.median(extracted)),
+                                     "triangles_changed": int(statistics.median(tri))}
+            sync()
+            _, t_full = timed(lambda: (extract_block_meshes(vol.grid, weight_threshold=wt), sync()), 3)
+            point["full_extract_ms"] = round(1e3 * t_full, 1)
+            sizes.append(point)
+        # ---- the same dirty blocks in maps 1x / 4x / 16x as large (tiled copies of the map)
+        tiled = []
+        for tiles in (1, 4, 16):
+            big = _tiled_grid(vol.grid, tiles)
+            big_cache = MeshCache(weight_threshold=wt)
+            big_cache.mark_all_dirty(big)
+            big_cache.update(big)
+            row = {"tiles": tiles, "blocks": big.num_blocks, "dirty": {}}
+            for N, sets in sorted(fixed_sets.items()):
+                times, extracted = [], []
+                for r in range(args.repeat):
+                    slots = big.lookup(torch.as_tensor(sets[r], device=dev))
+                    big.attrs["tsdf"][slots] += 1e-5 if r % 2 == 0 else -1e-5
+                    big_cache.mark_dirty(big, slots)
+                    sync()
+                    t0 = time.perf_counter()
+                    upd = big_cache.update(big)
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                    extracted.append(upd.blocks_extracted)
+                row["dirty"][N] = {"update_ms": round(1e3 * statistics.median(times), 2),
+                                   "blocks_extracted": int(statistics.median(extracted))}
+            tiled.append(row)
+            del big, big_cache
+        run = {"voxel_size_m": vs, "blocks": vol.grid.num_blocks, "mesh_blocks": len(cache),
+               "triangles": cache.num_triangles,
+               "stream_updates": len(stream),
+               "stream_update_ms": {"median": _pct([s[0] for s in stream], 50),
+                                    "p95": _pct([s[0] for s in stream], 95),
+                                    "max": _pct([s[0] for s in stream], 100)},
+               "stream_dirty_blocks_median": _pct([s[1] for s in stream], 50),
+               "stream_blocks_extracted_median": _pct([s[2] for s in stream], 50),
+               "stream_changed_blocks_median": _pct([s[3] for s in stream], 50),
+               "stream_changed_triangles_median": _pct([s[4] for s in stream], 50),
+               "map_sizes": sizes, "tiled_map_sizes": tiled}
+        if ros is not None:
+            run["stream_serialize_ms_median"] = _pct(ser_ms, 50)
+            run["stream_publish_ms_median"] = _pct(pub_ms, 50)
+            # ---- the whole mesh to a new subscriber: budgeted messages, build + publish + receive
+            full_state = MeshPublisherState(max_bytes_per_update=budget)
+            full_state.apply(MeshUpdate(changed=cache.pieces()))
+            tris = cache.num_triangles
+            rows = []
+            for _ in range(3):
+                before = len(ros.received)
+                t0 = time.perf_counter()
+                msgs = full_state.full(stamp=1.0, max_bytes=budget)
+                t1 = time.perf_counter()
+                for b in msgs:
+                    ros.pub.publish(b)
+                t2 = time.perf_counter()
+                ok = ros.wait_received(before + len(msgs))
+                t3 = ros.received[-1][0] if ok else float("nan")
+                rows.append((t1 - t0, t2 - t1, t3 - t0, len(msgs), sum(len(b) for b in msgs)))
+            build, publish, e2e = (statistics.median(r[k] for r in rows) for k in range(3))
+            run["publish"] = {"triangles": tris, "messages": rows[0][3], "mbytes": round(rows[0][4] / 1e6, 1),
+                              "build_ms": round(1e3 * build, 1), "publish_ms": round(1e3 * publish, 1),
+                              "received_ms": round(1e3 * e2e, 1),
+                              "mtri_per_s_published": round(tris / (build + publish) / 1e6, 2),
+                              "mtri_per_s_received": round(tris / e2e / 1e6, 2) if e2e == e2e else None}
+        res["runs"].append(run)
+        _print_incremental(run)
+        del vol, cache
+    if ros is not None:
+        ros.close()
+    out = args.json or (REPO / "bench" / "results" / "meshing.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {}
+    if out.is_file():
+        try:
+            doc = json.loads(out.read_text())
+        except ValueError:
+            doc = {}
+    doc["incremental"] = res
+    out.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {out}")
+
+
+def _print_incremental(run) -> None:
+    vs = run["voxel_size_m"]
+    s = run["stream_update_ms"]
+    print(f"\n== {vs * 100:g} cm: {run['blocks']} blocks, {run['mesh_blocks']} with triangles, "
+          f"{run['triangles']} triangles")
+    print(f"stream: {run['stream_updates']} updates, update ms median {s['median']} / p95 {s['p95']} / "
+          f"max {s['max']}; per update median {run['stream_dirty_blocks_median']} dirty -> "
+          f"{run['stream_blocks_extracted_median']} extracted, {run['stream_changed_blocks_median']} "
+          f"changed blocks, {run['stream_changed_triangles_median']} triangles")
+    if "stream_serialize_ms_median" in run:
+        print(f"        serialize {run['stream_serialize_ms_median']} ms, publish "
+              f"{run['stream_publish_ms_median']} ms per incremental message (median)")
+    sizes = run["map_sizes"]
+    head = "dirty blocks | " + " | ".join(f"{int(p['map_fraction'] * 100)}% map ({p['blocks']} blk)"
+                                          for p in sizes)
+    print(head)
+    print("-" * len(head))
+    counts = sorted({N for p in sizes for N in p["dirty"]})
+    for N in counts:
+        cells = []
+        for p in sizes:
+            d = p["dirty"].get(N)
+            cells.append(f"{d['update_ms']:7.1f} ms ({d['blocks_extracted']} blk, "
+                         f"{d['triangles_changed'] / 1e3:.0f}k tri)" if d else "-")
+        print(f"{N:12d} | " + " | ".join(cells))
+    print(f"{'full extract':>12} | " + " | ".join(f"{p['full_extract_ms']:7.1f} ms" for p in sizes))
+    tiled = run.get("tiled_map_sizes") or []
+    if tiled:
+        head = "same dirty blocks, map tiled | " + " | ".join(
+            f"x{t['tiles']} ({t['blocks']} blk)" for t in tiled)
+        print(head)
+        print("-" * len(head))
+        for N in sorted({N for t in tiled for N in t["dirty"]}):
+            print(f"{N:28d} | " + " | ".join(f"{t['dirty'][N]['update_ms']:7.1f} ms" for t in tiled))
+    if "publish" in run:
+        p = run["publish"]
+        print(f"publish whole mesh: {p['triangles']} tri in {p['messages']} msgs / {p['mbytes']} MB: build "
+              f"{p['build_ms']} ms + publish {p['publish_ms']} ms -> {p['mtri_per_s_published']} M tri/s; "
+              f"received after {p['received_ms']} ms -> {p['mtri_per_s_received']} M tri/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "7scenes_redkitchen")
@@ -92,9 +381,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--incremental", action="store_true", help="incremental meshing + publish mode")
+    ap.add_argument("--voxel-sizes", type=float, nargs="+", default=[0.01, 0.02, 0.05])
+    ap.add_argument("--update-every", type=int, default=1, help="frames between mesh updates")
+    ap.add_argument("--dirty-counts", type=int, nargs="+", default=[100, 300, 1000, 3000])
+    ap.add_argument("--mesh-mbytes", type=float, default=8.0, help="byte budget per message (MB)")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.incremental:
+        run_incremental(args)
+        return
     vs, B = args.voxel_size_m, 8
 
     t0 = time.perf_counter()

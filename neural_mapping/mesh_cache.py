@@ -233,9 +233,12 @@ class MeshCache:
         dep_keys = pack_block_keys(grid.block_coords[dep]).tolist()
         new_keys: List[int] = []
         if bm.num_triangles:
-            order = torch.argsort(bm.triangle_slots, stable=True)
-            tslots, counts = torch.unique_consecutive(bm.triangle_slots[order], return_counts=True)
-            tris = bm.triangles[order]
+            ts = bm.triangle_slots
+            tris = bm.triangles
+            if not bool((ts[1:] >= ts[:-1]).all()):  # extraction emits them grouped by block
+                order = torch.argsort(ts, stable=True)
+                ts, tris = ts[order], tris[order]
+            tslots, counts = torch.unique_consecutive(ts, return_counts=True)
             keys_np = bm.vertex_keys[tris].cpu().numpy()                               # [T, 3]
             soup = tris.reshape(-1)
             verts_np = bm.vertices[soup].cpu().numpy()                                 # [3T, 3]

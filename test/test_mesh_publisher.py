@@ -209,7 +209,8 @@ def test_full_for_a_new_subscriber_and_republish():
     new_sub = Subscriber()
     first = deserialize_message(msgs[0], MarkerArray)
     assert first.markers[0].action == Marker.DELETEALL
-    assert sum(m.action == Marker.DELETEALL for b in msgs for m in deserialize_message(b, MarkerArray).markers) == 1
+    actions = [m.action for b in msgs for m in deserialize_message(b, MarkerArray).markers]
+    assert actions.count(Marker.DELETEALL) == 1
     for b in msgs:
         new_sub.receive(b)
         old_sub.receive(b)

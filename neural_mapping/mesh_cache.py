@@ -242,7 +242,7 @@ class MeshCache:
             keys_np = bm.vertex_keys[tris].cpu().numpy()                               # [T, 3]
             soup = tris.reshape(-1)
             verts_np = bm.vertices[soup].cpu().numpy()                                 # [3T, 3]
-            cols_np = bm.colors[soup].round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+            cols_np = bm.colors.round().clamp_(0, 255).to(torch.uint8)[soup].cpu().numpy()
             new_keys = pack_block_keys(grid.block_coords[tslots]).tolist()
             ends = np.cumsum(counts.cpu().numpy()).tolist()
             pieces = self._pieces

@@ -1,0 +1,149 @@
+"""Map outputs over real DDS (in one process): incremental mesh markers, occupancy, costmap,
+ESDF slice, occupied voxels, and their services."""
+
+import random
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from nav_msgs.msg import OccupancyGrid  # noqa: E402
+from sensor_msgs.msg import PointCloud2  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+
+from neural_mapping.config import MappingConfig  # noqa: E402
+from neural_mapping.datasets import SyntheticRoom  # noqa: E402
+from neural_mapping.occupancy import load_nav2_map  # noqa: E402
+from neural_mapping.ros.fast_cdr import pointcloud2_to_array  # noqa: E402
+from neural_mapping.ros.outputs import MAP_QOS, MESH_QOS, MapOutputs  # noqa: E402
+from neural_mapping.ros.params import NodeConfig  # noqa: E402
+from neural_mapping.system import MappingSystem  # noqa: E402
+
+
+def feed(system, room, frames):
+    for i in frames:
+        f = room[i]
+        system.submit_pose(f.timestamp, f.pose)
+        system.submit(f)
+    assert system.flush(timeout=120)
+
+
+class MarkerStore:
+    """What RViz keeps: markers by (ns, id) after ADD/DELETE/DELETEALL."""
+
+    def __init__(self):
+        self.markers = {}
+        self.messages = []
+
+    def __call__(self, msg: MarkerArray):
+        self.messages.append(msg)
+        for m in msg.markers:
+            if m.action == Marker.DELETEALL:
+                self.markers.clear()
+            elif m.action == Marker.DELETE:
+                self.markers.pop((m.ns, m.id), None)
+            else:
+                self.markers[(m.ns, m.id)] = m
+
+    def triangles(self):
+        return sum(len(m.points) for m in self.markers.values()) // 3
+
+
+@pytest.fixture
+def setup(tmp_path):
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=random.randint(100, 200))
+    cfg = MappingConfig.from_flat({"voxel_size_m": 0.04, "sync_mode": "strict", "device": "cpu",
+                                   "pose_source": "external", "initial_capacity_blocks": 512})
+    ncfg = NodeConfig.from_flat({"mesh_rate_hz": 20.0, "occupancy_rate_hz": 20.0,
+                                 "occupied_voxels_rate_hz": 20.0})
+    system = MappingSystem(cfg)
+    node = rclpy.create_node("neural_mapping", context=ctx)
+    outputs = MapOutputs(node, system, cfg, ncfg, tmp_path)
+    client = rclpy.create_node("listener", context=ctx)
+    from rclpy.executors import SingleThreadedExecutor
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    ex.add_node(client)
+    yield system, outputs, client, ex
+    system.close()
+    ex.shutdown()
+    node.destroy_node()
+    client.destroy_node()
+    rclpy.try_shutdown(context=ctx)
+
+
+def spin_until(ex, cond, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not cond():
+        ex.spin_once(timeout_sec=0.05)
+    return cond()
+
+
+def test_map_outputs_over_dds(setup, tmp_path):
+    system, outputs, client, ex = setup
+    room = SyntheticRoom(num_frames=240, width=320, height=240, seed=0)
+    feed(system, room, range(0, 20))
+
+    store = MarkerStore()
+    grids, costs, esdf, voxels = [], [], [], []
+    client.create_subscription(MarkerArray, "/neural_mapping/mesh", store, MESH_QOS)
+    client.create_subscription(OccupancyGrid, "/neural_mapping/occupancy", grids.append, MAP_QOS)
+    client.create_subscription(OccupancyGrid, "/neural_mapping/costmap", costs.append, MAP_QOS)
+    client.create_subscription(PointCloud2, "/neural_mapping/esdf_slice", esdf.append, MAP_QOS)
+    client.create_subscription(PointCloud2, "/neural_mapping/occupied_voxels", voxels.append, MAP_QOS)
+    assert spin_until(ex, lambda: store.messages and grids and costs and esdf and voxels), \
+        (len(store.messages), len(grids), len(costs), len(esdf), len(voxels))
+
+    # a new subscriber gets the whole mesh: DELETEALL first, then one marker per block
+    assert store.messages[0].markers[0].action == Marker.DELETEALL
+    assert spin_until(ex, lambda: not outputs.mesh_state.has_pending(), 30)
+    full = system.mesh()
+    assert store.triangles() == len(full.triangles)
+    ids = [m.id for m in store.markers.values()]
+    assert len(ids) == len(set(ids)) and all(len(m.points) == len(m.colors) for m in store.markers.values())
+
+    # more frames: only re-meshed blocks travel, and the store still equals the full mesh
+    n_before = len(store.messages)
+    feed(system, room, range(20, 40))
+    assert spin_until(ex, lambda: len(store.messages) > n_before and not outputs.mesh_state.has_pending())
+    incremental = store.messages[-1]
+    assert all(m.action != Marker.DELETEALL for m in incremental.markers)
+    assert len(incremental.markers) < len(store.markers)  # not the whole map again
+    assert store.triangles() == len(system.mesh().triangles)
+
+    # occupancy: consistent metadata and values, the costmap and ESDF agree with it
+    g = grids[-1]
+    assert g.header.frame_id == "map" and g.info.resolution == pytest.approx(0.04)
+    data = np.frombuffer(bytes(g.data), np.int8).reshape(g.info.height, g.info.width)
+    assert set(np.unique(data)) <= {-1, 0, 100} and (data == 100).any() and (data == 0).any()
+    assert g.info.origin.orientation.w == 1.0
+    c = costs[-1]
+    cost = np.frombuffer(bytes(c.data), np.int8).reshape(c.info.height, c.info.width)
+    assert cost.shape == data.shape and (cost[data == 100] == 100).all() and (cost[data == -1] == -1).all()
+    e = pointcloud2_to_array(esdf[-1])
+    assert set(e) >= {"x", "y", "z", "distance"} and (e["distance"] >= 0).all()
+    v = pointcloud2_to_array(voxels[-1])
+    assert len(v["x"]) > 100
+
+    # services
+    def call(name):
+        cli = client.create_client(Trigger, name)
+        assert spin_until(ex, cli.service_is_ready, 10)
+        fut = cli.call_async(Trigger.Request())
+        assert spin_until(ex, fut.done, 30)
+        return fut.result()
+
+    res = call("/neural_mapping/save_occupancy")
+    assert res.success, res.message
+    saved = load_nav2_map(tmp_path / "occupancy.yaml")
+    assert saved.resolution_m == pytest.approx(0.04) and (saved.data == 100).any()
+    n_before = len(store.messages)
+    assert call("/neural_mapping/republish_mesh").success
+    assert spin_until(ex, lambda: len(store.messages) > n_before)
+    assert store.messages[n_before].markers[0].action == Marker.DELETEALL
+    assert spin_until(ex, lambda: not outputs.mesh_state.has_pending(), 30)
+    assert store.triangles() == len(system.mesh().triangles)

@@ -65,14 +65,19 @@ def test_rviz_topics_are_the_nodes_outputs():
     vm = rviz["Visualization Manager"]
     assert vm["Global Options"]["Fixed Frame"] == "map"
     topics = {d["Topic"]["Value"]: d for d in vm["Displays"] if "Topic" in d}
-    node_src = (REPO / "neural_mapping" / "ros" / "node.py").read_text()
+    node_src = "".join((REPO / "neural_mapping" / "ros" / f).read_text() for f in ("node.py", "outputs.py"))
     published = {"/neural_mapping/" + t for t in re.findall(r'"~/(\w+)"', node_src)}
     for topic, display in topics.items():
         assert topic in published, f"RViz shows {topic}, which the node does not publish"
-        if display["Class"] in ("rviz_default_plugins/MarkerArray", "rviz_default_plugins/Map"):
+        if display["Class"] == "rviz_default_plugins/Map":
             # map outputs are reliable + transient_local (REP-2003): late RViz gets the map
             assert display["Topic"]["Durability Policy"] == "Transient Local"
-    for needed in ("/neural_mapping/mesh", "/neural_mapping/path", "/neural_mapping/pose"):
+        if display["Class"] == "rviz_default_plugins/MarkerArray":
+            # the mesh is incremental: volatile, deep queue; a new subscriber gets the full set
+            assert display["Topic"]["Durability Policy"] == "Volatile"
+            assert display["Topic"]["Depth"] >= 100
+    for needed in ("/neural_mapping/mesh", "/neural_mapping/path", "/neural_mapping/pose",
+                   "/neural_mapping/occupancy", "/neural_mapping/occupied_voxels"):
         assert needed in topics
 
 

@@ -11,6 +11,20 @@ Inputs (relative, remappable): ``depth/image``, ``depth/camera_info``,
 ``map -> camera`` when ``odom_frame`` is empty, if tf2_ros is importable.
 Services (std_srvs/Trigger): ``~/save_mesh``, ``~/save_map``, ``~/load_map``,
 ``~/reset``; file paths come from ``output_dir``, never from the request.
+
+Diagnostics (``/diagnostics``, one status with key/values): the core's counters
+(``received``, ``integrated``, ``poses``, ``dropped_<reason>``, ``pose_*`` of the pose
+buffer, ``latency_{pose,integrate}_p50/p95_ms`` measured from submit), the node's input
+drops ``input_dropped_<reason>`` (a message that never became a frame: decode errors, bad
+camera_info, bad pose messages, pairing), and ``latency_stamp_{pose,integrate}_p50/p95_ms``:
+from the depth header stamp to the pose publish / the end of integration on the node's
+clock (includes transport and decoding; meaningful when the stamps come from the same
+clock, e.g. a live camera, or a bag with ``use_sim_time``).
+Each drop reason is logged once (warning); the counts are in the diagnostics.
+
+Shutdown (SIGINT / ExternalShutdownException): intake stops, the tracking and mapping
+threads are joined (with a timeout), optional save, then "stopped: threads joined" is
+logged and the process exits 0 (1 if a thread did not stop or a worker failed).
 """
 
 from __future__ import annotations
@@ -48,12 +62,20 @@ MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
                                 durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
 # Poses are tiny and each one matters for interpolation: a deep reliable queue so a busy
-# executor does not overwrite them in the reader history.
+# executor does not overwrite them in the reader history.  Measured with Fast DDS's default
+# transports (bench/bench_ros.py node): next to 30 Hz images, a lost pose datagram is
+# repaired only after the writer's next heartbeat and the reliable reader holds back every
+# newer pose meanwhile, so poses arrive 0.3-3 s late and frames expire waiting for them
+# (pose_wait_timeout_s).  Best effort does not help (the lost poses are then gone, and
+# tests sending one frame at a time lose it).  The fix is the transport:
+# config/fastdds_shm.xml (shared memory, 16 MB segments) on both ends.
 POSE_INPUT_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
 PENDING_DEPTH = 8      # depth images waiting for their color partner
 PENDING_COLOR = 8
 COLOR_SILENCE_S = 1.0  # no color for this long (wall clock): depth goes on alone
+PATH_PERIOD_S = 0.5    # ~/path: at most one message per period (the last change always goes out)
+LATENCY_WINDOW = 1000  # samples kept for the stamp-based latency percentiles
 
 
 class MappingNode(Node):
@@ -78,10 +100,18 @@ class MappingNode(Node):
         self._path = PathMsg()
         self._path.header.frame_id = self.ncfg.map_frame
         self._last_path_pub = 0.0
+        self._path_dirty = False
         self._mesh_ids: set = set()
         self._mesh_version_sent = -1
+        self._closing = False
+        # frame index -> depth stamp (s) until the frame is integrated (or known dropped)
+        self._stamps: Dict[int, float] = {}
+        self._lat_stamp: Dict[str, Deque[float]] = {
+            "pose": collections.deque(maxlen=LATENCY_WINDOW),
+            "integrate": collections.deque(maxlen=LATENCY_WINDOW)}
 
-        self.system = MappingSystem(self.cfg, on_pose=self._on_pose)
+        self.system = MappingSystem(self.cfg, on_pose=self._on_pose,
+                                    on_integrated=self._on_integrated)
 
         # ---- publishers (private names)
         self.pub_pose = self.create_publisher(PoseStamped, "~/pose", 10)
@@ -115,6 +145,7 @@ class MappingNode(Node):
         self.create_service(Trigger, "~/reset", self._srv_reset)
 
         # ---- timers for heavy outputs
+        self.create_timer(PATH_PERIOD_S, self._on_path_timer)
         if self.ncfg.mesh_rate_hz > 0:
             self.create_timer(1.0 / self.ncfg.mesh_rate_hz, self._publish_mesh)
         if self.ncfg.diagnostics_rate_hz > 0:
@@ -126,12 +157,21 @@ class MappingNode(Node):
     # ================================================================ drops
     def _drop(self, reason: str, message: str) -> None:
         with self._lock:
-            self.drops[reason] += 1
-            first = reason not in self._drop_logged
-            self._drop_logged.add(reason)
+            first = self._count_drop(reason)
         if first:  # once per reason; the counters are in diagnostics
-            self.get_logger().warning(f"dropping input ({reason}): {message} "
-                                      "[logged once per reason; counts in /diagnostics]")
+            self._log_drop(reason, message)
+
+    def _count_drop(self, reason: str) -> bool:
+        """Count a drop (caller holds ``_lock``); True the first time for this reason."""
+        self.drops[reason] += 1
+        first = reason not in self._drop_logged
+        self._drop_logged.add(reason)
+        return first
+
+    def _log_drop(self, reason: str, message: str) -> None:
+        self.get_logger().warning(f"dropping input ({reason}): {message} "
+                                  "[logged once per reason; counts in /diagnostics as "
+                                  f"input_dropped_{reason}]")
 
     # ============================================================ callbacks
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -154,11 +194,20 @@ class MappingNode(Node):
             return
         if not self._camera_frame and msg.header.frame_id:
             self._camera_frame = msg.header.frame_id
+        first = None
         with self._lock:
             self._depths.append((stamp, depth))
             while len(self._depths) > PENDING_DEPTH:
                 self._depths.popleft()
-                self.drops["no_camera_info" if self._intrinsics is None else "depth_unpaired"] += 1
+                reason = "no_camera_info" if self._intrinsics is None else "depth_unpaired"
+                if self._count_drop(reason):
+                    first = reason
+        if first == "no_camera_info":
+            self._log_drop(first, f"no valid message on {self.resolve_topic_name('depth/camera_info')} "
+                           f"yet: depth images wait for it ({PENDING_DEPTH} at most)")
+        elif first is not None:
+            self._log_drop(first, f"more than {PENDING_DEPTH} depth images wait for a color "
+                           "image with a matching stamp (color_sync_tolerance_s)")
         self._pair()
 
     def _on_color(self, msg: Image) -> None:
@@ -225,6 +274,11 @@ class MappingNode(Node):
         except (TypeError, ValueError) as e:
             self._drop("bad_frame", str(e))
             return
+        with self._lock:
+            self._stamps[self._frame_index] = stamp
+            if len(self._stamps) > 4 * LATENCY_WINDOW:  # frames dropped inside the core
+                for k in sorted(self._stamps)[:len(self._stamps) - 2 * LATENCY_WINDOW]:
+                    del self._stamps[k]
         self._frame_index += 1
         self.system.submit(frame)  # realtime mode: never blocks, drops oldest
 
@@ -240,10 +294,33 @@ class MappingNode(Node):
                                       "non-rigid or older than the kept window)")
 
     # ============================================================ outputs
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_integrated(self, index: int, version: int) -> None:
+        """Called by the mapping thread after each integration."""
+        with self._lock:
+            stamp = self._stamps.pop(index, None)
+        if stamp is not None:
+            self._lat_stamp["integrate"].append(self._now_s() - stamp)
+
     def _on_pose(self, result: PoseResult) -> None:
         """Called by the tracking thread for every frame's pose."""
         if not result.ok:
+            with self._lock:
+                self._stamps.pop(result.index, None)  # it will not be integrated
             return
+        if self._closing or not self.context.ok():
+            return  # shutting down: the publishers may already be invalid
+        try:
+            self._publish_pose(result)
+        except Exception:  # noqa: BLE001 - a pose output never kills the tracking thread
+            if self._closing or not self.context.ok():
+                return
+            raise
+        self._lat_stamp["pose"].append(self._now_s() - result.stamp)
+
+    def _publish_pose(self, result: PoseResult) -> None:
         stamp = conv.sec_to_stamp(result.stamp)
         T = result.T_world_cam
         ps = conv.pose_stamped_msg(T, stamp, self.ncfg.map_frame)
@@ -252,11 +329,9 @@ class MappingNode(Node):
                                                 self._camera_frame or "camera"))
         with self._lock:
             conv.path_append(self._path, ps, self.ncfg.path_max_poses)
-            now = time.monotonic()
-            publish_path = now - self._last_path_pub > 0.5 and self.pub_path.get_subscription_count() > 0
-            if publish_path:
-                self._last_path_pub = now
-                self.pub_path.publish(self._path)
+            self._path_dirty = True
+            if time.monotonic() - self._last_path_pub > PATH_PERIOD_S:
+                self._publish_path_locked()
         if self.tf_broadcaster is not None:
             if self.ncfg.odom_frame and self.cfg.run.pose_source != "track":
                 corr = result.T_correction if result.T_correction is not None else np.eye(4)
@@ -265,6 +340,19 @@ class MappingNode(Node):
                 tf = conv.transform_stamped_msg(T, stamp, self.ncfg.map_frame,
                                                 self._camera_frame or "camera")
             self.tf_broadcaster.sendTransform(tf)
+
+    def _publish_path_locked(self) -> None:
+        """Publish ~/path if it changed (caller holds ``_lock``).  At most every
+        PATH_PERIOD_S from the pose callback; the timer sends the last change."""
+        self._last_path_pub = time.monotonic()
+        if self._path_dirty and self.pub_path.get_subscription_count() > 0:
+            self.pub_path.publish(self._path)
+            self._path_dirty = False
+
+    def _on_path_timer(self) -> None:
+        with self._lock:
+            if self._path_dirty and time.monotonic() - self._last_path_pub >= PATH_PERIOD_S:
+                self._publish_path_locked()
 
     def _publish_mesh(self) -> None:
         if self.pub_mesh.get_subscription_count() == 0 or self.system.version == self._mesh_version_sent:
@@ -288,6 +376,11 @@ class MappingNode(Node):
             # input dropped before it became a frame (decode errors, pairing); the core's own
             # drops are the "dropped_*" keys
             stats.update({f"input_dropped_{k}": v for k, v in self.drops.items()})
+            for k, v in self._lat_stamp.items():
+                if v:
+                    arr = np.asarray(v)
+                    stats[f"latency_stamp_{k}_p50_ms"] = float(np.percentile(arr, 50) * 1e3)
+                    stats[f"latency_stamp_{k}_p95_ms"] = float(np.percentile(arr, 95) * 1e3)
         status = DiagnosticStatus()
         status.name = f"{self.get_name()}: mapping"
         status.hardware_id = str(self.system.device)
@@ -348,23 +441,36 @@ class MappingNode(Node):
             self.system.reset()
             with self._lock:
                 self._path.poses.clear()
+                self._path_dirty = True
             self._mesh_version_sent = -1
             return "map and trajectory cleared"
         return self._service(response, do)
 
     # ============================================================ shutdown
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop intake, join the threads, optionally save."""
+        """Stop intake, join the threads (``TimeoutError`` if one does not stop), optionally
+        save; logs "stopped: threads joined" on success."""
+        self._closing = True
         try:
             self.system.close(timeout=timeout)
+            self._log_late("info", f"stopped: threads joined ({self.system.frames_integrated} "
+                           f"frames in the map, {self.system.stats().get('received', 0)} received)")
         finally:
             if self.ncfg.save_on_shutdown:
                 try:
-                    self.get_logger().info(self._save_mesh())
+                    self._log_late("info", self._save_mesh())
                     self.output_dir.mkdir(parents=True, exist_ok=True)
                     self.system.save(self.output_dir / "map.pt")
                 except Exception as e:
-                    self.get_logger().error(f"save on shutdown failed: {e}")
+                    self._log_late("error", f"save on shutdown failed: {e}")
+
+    def _log_late(self, level: str, message: str) -> None:
+        """Log during shutdown: after SIGINT the context is shut down and the logger's
+        /rosout publisher is invalid (rcl would complain on every message): stderr then."""
+        if self.context.ok():
+            getattr(self.get_logger(), level)(message)
+        else:
+            print(f"[{level.upper()}] [{self.get_name()}]: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:

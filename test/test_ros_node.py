@@ -386,9 +386,14 @@ def test_node_input_layout(shared_node, reference_mesh, redkitchen, layout):
     dist, idx = cKDTree(rv).query(v)
     assert np.mean(dist < 1e-3) > 0.97 and np.percentile(dist, 99) < 0.01, np.percentile(dist, [50, 99])
     close = dist < 1e-3
-    color_err = np.abs(c[close] - rc[idx[close]]).mean(axis=0)
-    # (red and blue swapped: ~35 in those channels)
-    assert np.all(color_err < 5.0), f"mean |color - reference| per channel {color_err}"
+    # channel order by chromaticity (r, g, b) / (r + g + b): the brightness of a vertex
+    # depends on how many of its frames came with color (a depth whose color arrives late
+    # is mapped without it, see the node's pairing) and is not compared
+    def chroma(x):
+        return x / np.maximum(x.sum(axis=1, keepdims=True), 1.0)
+    color_err = np.abs(chroma(c[close]) - chroma(rc[idx[close]])).mean(axis=0)
+    # (red and blue swapped: ~0.1 in those channels on this scene)
+    assert np.all(color_err < 0.03), f"mean |chromaticity - reference| per channel {color_err}"
 
 
 def test_node_drops_bad_messages(shared_node, redkitchen):

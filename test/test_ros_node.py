@@ -36,6 +36,7 @@ from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,  # noqa:
                        qos_profile_sensor_data)
 
 from neural_mapping.ros import conversions as conv  # noqa: E402
+from neural_mapping.ros.outputs import MESH_QOS  # noqa: E402
 from neural_mapping.types import CameraIntrinsics  # noqa: E402
 
 N_FRAMES = 60
@@ -62,6 +63,21 @@ def load_frames(folder: Path, n: int):
 
 def diag_dict(msg):
     return {kv.key: kv.value for kv in msg.status[0].values}
+
+
+def mesh_points(messages) -> int:
+    """Points of the markers RViz would hold after these (incremental) MarkerArrays."""
+    from visualization_msgs.msg import Marker
+    store = {}
+    for msg in messages:
+        for k in msg.markers:
+            if k.action == Marker.DELETEALL:
+                store.clear()
+            elif k.action == Marker.DELETE:
+                store.pop((k.ns, k.id), None)
+            else:
+                store[(k.ns, k.id)] = len(k.points)
+    return sum(store.values())
 
 
 def last_diag(diags):
@@ -101,7 +117,8 @@ class Harness:
         nd.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 10)
         nd.create_subscription(PoseStamped, "/neural_mapping/pose", self._on_pose, 1000)
         nd.create_subscription(PathMsg, "/neural_mapping/path", self.paths.append, MAP_QOS)
-        nd.create_subscription(MarkerArray, "/neural_mapping/mesh", self.meshes.append, MAP_QOS)
+        # the mesh is incremental: volatile, deep queue (ros/outputs.py); a new subscriber gets it all
+        nd.create_subscription(MarkerArray, "/neural_mapping/mesh", self.meshes.append, MESH_QOS)
         self._pubs = {}
 
     def _on_pose(self, msg):
@@ -261,8 +278,8 @@ def test_node_external_poses_end_to_end(tmp_path, redkitchen):
         assert "latency_stamp_pose_p50_ms" in d and "latency_stamp_integrate_p95_ms" in d, d
         assert h.spin_until(lambda: len(h.meshes) > 0 and len(h.paths) > 0, 60), h.logs()
         assert len(h.paths[-1].poses) >= 2 and h.paths[-1].header.frame_id == "map"
-        m = h.meshes[-1].markers
-        assert m and sum(len(k.points) for k in m if k.action == 0) > 3000
+        assert h.spin_until(lambda: mesh_points(h.meshes) > 3000, 30)
+        m = [k for msg in h.meshes for k in msg.markers]
         assert all(len(k.points) % 3 == 0 and len(k.points) <= 65535 for k in m)
         res_mesh = h.call(Trigger, "/neural_mapping/save_mesh")
         res_map = h.call(Trigger, "/neural_mapping/save_map")
@@ -298,7 +315,7 @@ def test_node_track_without_pose_topic(tmp_path, redkitchen):
         assert h.spin_until(lambda: h.paths and len(h.paths[-1].poses) >= n - len(missing), 30)
         path_lengths.append(len(h.paths[-1].poses))
         assert path_lengths[-1] > path_lengths[0] and path_lengths == sorted(path_lengths), path_lengths
-        assert h.spin_until(lambda: h.meshes and sum(len(k.points) for k in h.meshes[-1].markers) > 3000, 30)
+        assert h.spin_until(lambda: mesh_points(h.meshes) > 3000, 30)
         # the tracked motion follows the ground truth (relative to the first frame)
         est = {round(conv.stamp_to_sec(p.header.stamp), 6): conv.pose_from_msg(p)[1] for p in h.poses}
         E0, G0 = est[round(STAMP0, 6)], frames[0][2]

@@ -7,10 +7,12 @@ and only while someone is subscribed.
 Inputs (relative, remappable): ``depth/image``, ``depth/camera_info``,
 ``color/image`` (optional), ``pose`` (type from ``pose_topic_type``; unused when
 ``pose_source`` is ``track``).  Outputs (private): ``~/pose``, ``~/odometry``,
-``~/path``, ``~/mesh``, ``/diagnostics``; TF ``map -> odom`` (REP-105) or
-``map -> camera`` when ``odom_frame`` is empty, if tf2_ros is importable.
-Services (std_srvs/Trigger): ``~/save_mesh``, ``~/save_map``, ``~/load_map``,
-``~/reset``; file paths come from ``output_dir``, never from the request.
+``~/path``, ``/diagnostics``; the map outputs of :mod:`.outputs` (``~/mesh``,
+``~/occupancy``, ``~/costmap``, ``~/esdf_slice``, ``~/occupied_voxels``); TF
+``map -> odom`` (REP-105) or ``map -> camera`` when ``odom_frame`` is empty, if
+tf2_ros is importable.  Services (std_srvs/Trigger): ``~/save_mesh``,
+``~/save_map``, ``~/load_map``, ``~/reset``, ``~/save_occupancy``,
+``~/republish_mesh``; file paths come from ``output_dir``, never from the request.
 
 Diagnostics (``/diagnostics``, one status with key/values): the core's counters
 (``received``, ``integrated``, ``poses``, ``dropped_<reason>``, ``pose_*`` of the pose
@@ -48,12 +50,11 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
                        qos_profile_sensor_data)
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import MarkerArray
 
 from ..system import MappingSystem, PoseResult
 from ..types import CameraIntrinsics, RGBDFrame
 from . import conversions as conv
-from . import fast_cdr
+from .outputs import MapOutputs
 from .params import (NODE_NAME, config_from_node, declare_config_parameters,
                      format_effective_config, node_config_from_node)
 
@@ -101,8 +102,6 @@ class MappingNode(Node):
         self._path.header.frame_id = self.ncfg.map_frame
         self._last_path_pub = 0.0
         self._path_dirty = False
-        self._mesh_ids: set = set()
-        self._mesh_version_sent = -1
         self._closing = False
         # frame index -> depth stamp (s) until the frame is integrated (or known dropped)
         self._stamps: Dict[int, float] = {}
@@ -117,7 +116,6 @@ class MappingNode(Node):
         self.pub_pose = self.create_publisher(PoseStamped, "~/pose", 10)
         self.pub_odom = self.create_publisher(Odometry, "~/odometry", 10)
         self.pub_path = self.create_publisher(PathMsg, "~/path", MAP_QOS)
-        self.pub_mesh = self.create_publisher(MarkerArray, "~/mesh", MAP_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.tf_broadcaster = None
         if self.ncfg.publish_tf:
@@ -146,8 +144,8 @@ class MappingNode(Node):
 
         # ---- timers for heavy outputs
         self.create_timer(PATH_PERIOD_S, self._on_path_timer)
-        if self.ncfg.mesh_rate_hz > 0:
-            self.create_timer(1.0 / self.ncfg.mesh_rate_hz, self._publish_mesh)
+        # mesh, occupancy, costmap, ESDF slice, occupied voxels (own timers, only when subscribed)
+        self.outputs = MapOutputs(self, self.system, self.cfg, self.ncfg, self.output_dir)
         if self.ncfg.diagnostics_rate_hz > 0:
             self.create_timer(1.0 / self.ncfg.diagnostics_rate_hz, self._publish_diagnostics)
         self.get_logger().info(
@@ -354,28 +352,13 @@ class MappingNode(Node):
             if self._path_dirty and time.monotonic() - self._last_path_pub >= PATH_PERIOD_S:
                 self._publish_path_locked()
 
-    def _publish_mesh(self) -> None:
-        if self.pub_mesh.get_subscription_count() == 0 or self.system.version == self._mesh_version_sent:
-            return
-        version = self.system.version
-        mesh = self.system.mesh()
-        tri_v = mesh.vertices[mesh.triangles.reshape(-1)]
-        tri_c = mesh.colors[mesh.triangles.reshape(-1)] if mesh.colors is not None else None
-        chunks = fast_cdr.chunk_triangles(tri_v, tri_c)
-        ids = {c.id for c in chunks}
-        deletes = sorted(self._mesh_ids - ids)
-        data = fast_cdr.marker_array_bytes(chunks, deletes, frame_id=self.ncfg.map_frame,
-                                           stamp=self.get_clock().now().to_msg())
-        self.pub_mesh.publish(data)
-        self._mesh_ids = ids
-        self._mesh_version_sent = version
-
     def _publish_diagnostics(self) -> None:
         stats = self.system.stats()
         with self._lock:
             # input dropped before it became a frame (decode errors, pairing); the core's own
             # drops are the "dropped_*" keys
             stats.update({f"input_dropped_{k}": v for k, v in self.drops.items()})
+            stats.update({f"output_{k}": v for k, v in self.outputs.stats.items()})
             for k, v in self._lat_stamp.items():
                 if v:
                     arr = np.asarray(v)
@@ -432,7 +415,7 @@ class MappingNode(Node):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist (save_map writes it)")
             self.system.load(path)
-            self._mesh_version_sent = -1
+            self.outputs.reset()
             return f"loaded {path}"
         return self._service(response, do)
 
@@ -442,7 +425,7 @@ class MappingNode(Node):
             with self._lock:
                 self._path.poses.clear()
                 self._path_dirty = True
-            self._mesh_version_sent = -1
+            self.outputs.reset()
             return "map and trajectory cleared"
         return self._service(response, do)
 

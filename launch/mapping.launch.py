@@ -11,7 +11,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -75,6 +75,12 @@ def generate_launch_description():
                               description="Start RViz with rviz/mapping.rviz."),
         DeclareLaunchArgument("namespace", default_value="",
                               description="Namespace for the node (its outputs move with it)."),
+        DeclareLaunchArgument("fastdds_profile",
+                              default_value=os.path.join(share, "config", "fastdds_shm.xml"),
+                              description="FASTDDS_DEFAULT_PROFILES_FILE for the processes of this "
+                                          "launch (shared memory for camera-rate images; give the "
+                                          "camera driver the same file). Empty: Fast DDS defaults."),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile")),
         OpaqueFunction(function=_node),
         Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
              arguments=["-d", os.path.join(share, "rviz", "mapping.rviz")],

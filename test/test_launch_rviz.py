@@ -39,6 +39,8 @@ def test_launch_files_reference_existing_executables_and_configs():
         assert exe in scripts or exe == "rviz2", exe
     assert "default.yaml" in src and (REPO / "config" / "default.yaml").is_file()
     assert (REPO / "rviz" / "mapping.rviz").is_file() and '"mapping.rviz"' in src
+    assert '"fastdds_shm.xml"' in src and (REPO / "config" / "fastdds_shm.xml").is_file()
+    assert 'glob("config/*.xml")' in (REPO / "setup.py").read_text()  # installed with the package
     remaps = _literal_assign(LAUNCH / "mapping.launch.py", "SENSOR_REMAPPINGS")
     presets = {p.stem for p in (REPO / "config" / "sensors").glob("*.yaml")}
     assert presets == set(remaps), (presets, set(remaps))
@@ -48,8 +50,11 @@ def test_launch_files_reference_existing_executables_and_configs():
     assert '"mapping.launch.py"' in replay and "--clock" in replay
     # every launch argument has a description
     for path in LAUNCH.glob("*.launch.py"):
-        for call in re.findall(r"DeclareLaunchArgument\((.*?)\)\s*,\s*\n", path.read_text(), re.S):
-            assert "description=" in call, (path.name, call[:60])
+        calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+                 and getattr(n.func, "id", None) == "DeclareLaunchArgument"]
+        assert calls, path.name
+        for call in calls:
+            assert any(k.arg == "description" for k in call.keywords), (path.name, ast.unparse(call)[:60])
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "config" / "sensors").glob("*.yaml")))

@@ -121,19 +121,27 @@ def _fmt(v, unit="", digits=2) -> str:
     return f"{v:.{digits}f}{unit}"
 
 
-def cmd_run(args) -> int:
-    from .pipeline import run
-
+def offline_config(args, command: str) -> Optional[MappingConfig]:
+    """Defaults, then ``--config`` YAML, then flags, then ``--out``; None (printed) if invalid.
+    Offline runs are deterministic by default: ``sync_mode: strict``."""
     try:
-        # offline runs are deterministic by default: every frame tracked, then integrated
         base = MappingConfig.from_flat({"sync_mode": "strict"})
         if args.config:
             base = MappingConfig.from_yaml(args.config, base)
         cfg = config_from_args(args, base)
         if args.out:
             cfg = MappingConfig.from_flat({"output_dir": args.out}, cfg)
+        return cfg
     except (ValueError, OSError) as e:
-        print(f"neural-mapping run: configuration error: {e}", file=sys.stderr)
+        print(f"neural-mapping {command}: configuration error: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args) -> int:
+    from .pipeline import run
+
+    cfg = offline_config(args, "run")
+    if cfg is None:
         return 2
     try:
         res = run(args.dataset, cfg, progress=not args.no_progress,
@@ -292,15 +300,8 @@ def cmd_replay(args) -> int:
     from .datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC, RosbagDataset
     from .pipeline import run
 
-    try:
-        base = MappingConfig.from_flat({"sync_mode": "strict"})
-        if args.config:
-            base = MappingConfig.from_yaml(args.config, base)
-        cfg = config_from_args(args, base)
-        if args.out:
-            cfg = MappingConfig.from_flat({"output_dir": args.out}, cfg)
-    except (ValueError, OSError) as e:
-        print(f"neural-mapping replay: configuration error: {e}", file=sys.stderr)
+    cfg = offline_config(args, "replay")
+    if cfg is None:
         return 2
     # a flag left out: the default topic, optional for colour and pose; '' disables one
     optional = [k for k, v in (("color", args.color_topic), ("pose", args.pose_topic)) if v is None]

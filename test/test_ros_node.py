@@ -158,12 +158,19 @@ class Harness:
         assert ok, f"diagnostics never satisfied the condition: {last_diag(self.diags)}\n{self.logs()[-4000:]}"
         return last_diag(self.diags)
 
-    def call(self, srv_type, name: str, timeout: float = 60.0):
+    def call(self, srv_type, name: str, timeout: float = 60.0, attempts: int = 3):
+        """Call a Trigger service. ``service_is_ready`` only says the request reader is
+        matched: Fast DDS drops a response whose reply reader the server has not discovered
+        yet ("failed to send response (timeout): client will not receive response", seen
+        here on a fresh client), so an unanswered call is sent again (the services used here
+        are idempotent)."""
         client = self.node.create_client(srv_type, name)
         assert self.spin_until(client.service_is_ready, 30), f"service {name} not available"
-        fut = client.call_async(srv_type.Request())
-        assert self.spin_until(fut.done, timeout), f"service {name} timed out"
-        return fut.result()
+        for _ in range(attempts):
+            fut = client.call_async(srv_type.Request())
+            if self.spin_until(fut.done, timeout / attempts):
+                return fut.result()
+        raise AssertionError(f"service {name} timed out ({attempts} attempts)")
 
     def send(self, frame, stamp, *, qos="reliable", depth_encoding="16UC1", color_encoding="rgb8",
              row_padding=0, big_endian=False, with_pose=True, intr=INTR):

@@ -197,7 +197,6 @@ def map_sequence(ds: Dataset, system, cfg: MappingConfig, input_pose: InputPose 
         "integrate_ms": [1000 * t for t in system.timings["integrate"]],
         "track_ms": [1000 * t for t in system.timings["track"]],
         "predict_ms": [1000 * t for t in system.timings["predict"]],
-        "system": system.stats(),
     }
 
 

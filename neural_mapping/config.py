@@ -86,6 +86,11 @@ class SystemConfig:
         "pose (never extrapolated), then expires (counted).", unit="s", lo=0.0, hi=60.0)
     lost_after_failures: int = param(5, "Consecutive tracking failures after which the tracker "
                                      "reports 'lost'.", unit="frames", lo=1, hi=10000)
+    model_lag_frames: int = param(
+        1, "strict mode: frame k is tracked against the map holding frames up to k-1-lag. 0: "
+        "tracking waits for the previous frame's integration (one core busy at a time); 1: "
+        "tracking frame k overlaps integrating frame k-1 (both threads busy, still deterministic). "
+        "realtime mode always tracks against the newest map.", unit="frames", lo=0, hi=8)
     torch_threads: int = param(
         1, "torch intra-op threads for the process (0 = torch's default, one per core). 1 lets the "
         "tracking and mapping threads each use a core without oversubscribing: with 2 threads per "
@@ -113,6 +118,11 @@ class TrackingConfig:
                                       "(large_residual).", unit="m", lo=1e-4, hi=1.0)
     tracking_max_motion_m: float = param(0.30, "Estimate further than this from the initial guess: "
                                          "the frame fails (large_motion).", unit="m", lo=0.001, hi=100.0)
+    refine_time_constant_s: float = param(
+        1.0, "external+refine: the map->odom correction follows the tracker's estimate with this "
+        "time constant (a complementary filter: the external odometry is trusted over shorter "
+        "times, the alignment to the map over longer ones). 0 = take every tracked pose as is.",
+        unit="s", lo=0.0, hi=3600.0)
     tracking_max_motion_deg: float = param(30.0, "Rotation from the initial guess above this: the "
                                            "frame fails (large_motion).", unit="deg", lo=0.1, hi=180.0)
 

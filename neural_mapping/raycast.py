@@ -39,6 +39,7 @@ import torch
 from .grid import VoxelBlockGrid
 from .tsdf import TSDFVolume, _workspace, trilinear
 from .types import CameraIntrinsics, check_pose
+_BIG = 1.0e6
 
 
 @dataclass
@@ -84,7 +85,8 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
             T_world_cam, *, depth_min_m: Optional[float] = None,
             depth_max_m: Optional[float] = None, truncation_m: Optional[float] = None,
             weight_threshold: float = 0.0, step_fraction: float = 0.8,
-            max_steps: int = 4096, with_color: bool = True) -> RaycastResult:
+            max_steps: int = 4096, with_color: bool = True,
+            depth_range: Optional[tuple] = None, tail_fraction: float = 0.02) -> RaycastResult:
     """Render depth / points / normals / color of the TSDF seen from ``T_world_cam``.
 
     ``source`` is a :class:`TSDFVolume` (its depth range and truncation are the
@@ -92,6 +94,13 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
     depth range are required).  ``intrinsics`` may be a scaled copy
     (``intrinsics.scaled(0.5)``) to render at a lower resolution.
     Voxels with ``weight <= weight_threshold`` count as unobserved.
+
+    ``depth_range=(near, far)``: per-pixel ``[H, W]`` camera-z bounds (tensors or arrays)
+    where the surface is known to lie, e.g. :func:`depth_range_from_depth` of the frame just
+    integrated at this pose.  Rays with ``near > 0`` march only from ``near`` to ``far``
+    (a handful of steps instead of the whole depth range); the others march as usual.
+    When at most ``tail_fraction`` of the rays are still marching, the rest of their
+    range is sampled densely (every voxel) in a few batched passes instead.
     """
     if isinstance(source, TSDFVolume):
         grid = source.grid
@@ -134,6 +143,18 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
     act = torch.arange(N, device=device)
     s = ray_norm * depth_min_m
     s_first = torch.full((N,), float("inf"), device=device)
+    s_start = None
+    if depth_range is not None:
+        near, far = (torch.as_tensor(x, dtype=torch.float32, device=device).reshape(-1)
+                     for x in depth_range)
+        if near.numel() != N or far.numel() != N:
+            raise ValueError(f"depth_range maps must be {H}x{W}")
+        hinted = (near > 0) & (far >= near)
+        near = near.clamp(min=depth_min_m)
+        s_start = torch.where(hinted, near * ray_norm, s_first)  # inf = no hint
+        s_end = torch.where(hinted, torch.minimum(far.clamp(min=0) * ray_norm, s_end), s_end)
+        act = (~hinted).nonzero().squeeze(1)
+        s = s.index_select(0, act)
     steps = 0
     while act.numel() > 0 and steps < max_steps:
         steps += 1
@@ -146,9 +167,13 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
         act = act.index_select(0, keep)
         s = s.index_select(0, keep)
 
-    # ---- 2. fine march from one block step before the first allocated block.
+    # ---- 2. fine march from one block step before the first allocated block
+    #         (or from the hinted near bound).
+    s_first = torch.maximum(s_first - block, ray_norm * depth_min_m)
+    if s_start is not None:
+        s_first = torch.where(torch.isfinite(s_start), s_start, s_first)
     act = torch.isfinite(s_first).nonzero().squeeze(1)
-    s0 = torch.maximum(s_first.index_select(0, act) - block, ray_norm.index_select(0, act) * depth_min_m)
+    s0 = s_first.index_select(0, act)
     nan = float("nan")
     # State rows: s, prev_t (NaN = unknown), prev_s, last_step, s_end, unknown_step, dir (3).
     K = act.numel()
@@ -168,6 +193,7 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
     hit_ta = torch.zeros(N, device=device)
     hit_tb = torch.zeros(N, device=device)
     step_obs = step_fraction * truncation_m
+    tail_rays = max(64, int(tail_fraction * N))
     while K > 0 and steps < max_steps:
         steps += 1
         s, prev_t, prev_s, last, u_step = S[0], S[1], S[2], S[3], S[5]
@@ -208,6 +234,12 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
                        S[6:9]]).index_select(1, keep)
         act = act.index_select(0, keep)
         K = act.numel()
+        if 0 < K <= tail_rays:
+            # The few rays still marching would cost as many more loop steps (each a few
+            # dozen small tensor ops): sample the rest of them densely, a chunk at a time.
+            steps += _march_dense(grid, tsdf_pool, weight_pool, weight_threshold, o_v, S, act,
+                                  vs, (hit, hit_a, hit_b, hit_ta, hit_tb))
+            break
 
     # ---- refine hits on the trilinear field
     ids = hit.nonzero().squeeze(1)
@@ -247,6 +279,90 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
     return RaycastResult(depth=depth.view(H, W), points_world=pts.T.reshape(H, W, 3),
                          normals_world=nrm.T.reshape(H, W, 3), color=col.view(H, W, 3),
                          valid=valid.view(H, W), intrinsics=intrinsics, T_world_cam=T, steps=steps)
+
+
+def _march_dense(grid, tsdf_pool, weight_pool, weight_threshold, o_v, S, act, vs, out,
+                 chunk: int = 32) -> int:
+    """Finish the marching rays ``act`` (state ``S`` of :func:`raycast`'s loop) by sampling
+    every voxel-size step of their remaining range, ``chunk`` samples per ray per pass.
+    Same hit rule: the first ``+`` -> ``-`` change between observed samples is a hit, a
+    ``-`` -> ``+`` change ends the ray.  Writes hits into ``out``; returns the passes."""
+    hit, hit_a, hit_b, hit_ta, hit_tb = out
+    device = S.device
+    nan = float("nan")
+    prev_t, prev_s, s_end, d = S[1], S[2], S[4], S[6:9]
+    # After an unknown sample the march may have stepped far: resume one voxel after it.
+    start = torch.where(torch.isnan(prev_t), torch.minimum(prev_s + vs, S[0]), S[0])
+    offs = torch.arange(chunk, device=device, dtype=start.dtype) * vs
+    passes = 0
+    while act.numel() > 0:
+        passes += 1
+        K = act.numel()
+        sv = start[:, None] + offs[None, :]  # K x chunk
+        vi = (o_v[:, :, None] + d[:, :, None] * sv[None]).floor_().to(torch.int32)
+        lin = grid.voxel_index_xyz(vi[0], vi[1], vi[2])
+        safe = lin.clamp_min(0)
+        observed = (weight_pool[safe] > weight_threshold) & (lin >= 0) & (sv <= s_end[:, None])
+        t = torch.where(observed, tsdf_pool[safe], nan)
+        t = torch.cat([prev_t[:, None], t], 1)
+        sv = torch.cat([prev_s[:, None], sv], 1)
+        a, b = t[:, :-1], t[:, 1:]
+        cross = (a > 0) & (b <= 0)
+        event = cross | ((a < 0) & (b > 0))
+        has = event.any(1)
+        j = event.to(torch.uint8).argmax(1)  # first event
+        rows = torch.arange(K, device=device)
+        is_hit = has & cross[rows, j]
+        if bool(is_hit.any()):
+            r = is_hit.nonzero().squeeze(1)
+            jj = j[r]
+            ids = act[r]
+            hit[ids] = True
+            hit_a[ids] = sv[r, jj]
+            hit_b[ids] = sv[r, jj + 1]
+            hit_ta[ids] = t[r, jj]
+            hit_tb[ids] = t[r, jj + 1]
+        nxt = start + chunk * vs
+        keep = (~has & (nxt <= s_end)).nonzero().squeeze(1)
+        act = act[keep]
+        prev_t, prev_s = t[keep, -1], sv[keep, -1]
+        start, s_end, d = nxt[keep], s_end[keep], d[:, keep]
+    return passes
+
+
+def depth_range_from_depth(depth, intrinsics: CameraIntrinsics, margin_m: float,
+                           dilate_px: int = 1) -> tuple:
+    """Per-pixel ``(near, far)`` camera-z bounds at ``intrinsics``' resolution from a depth
+    image (any resolution that is an integer multiple of it; 0 or non-finite = invalid):
+    the min / max valid depth of each pixel's block widened by ``margin_m``; a pixel whose
+    block has no valid depth takes its ``dilate_px`` neighbours' range, else ``near = 0``
+    (no hint).  For :func:`raycast`'s ``depth_range`` at the pose the depth was taken from:
+    the map was just fused with this depth, so its surface there lies within these bounds."""
+    d = depth if isinstance(depth, torch.Tensor) else torch.as_tensor(np.asarray(depth))
+    d = d.to(torch.float32)
+    H, W = intrinsics.height, intrinsics.width
+    fy, fx = d.shape[0] // H, d.shape[1] // W
+    if fy < 1 or fx < 1 or d.shape[0] != fy * H or d.shape[1] != fx * W:
+        raise ValueError(f"depth {tuple(d.shape)} is not an integer multiple of {H}x{W}")
+    d = torch.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0).clamp_min_(0.0)
+
+    def block(x, op):  # (H*fy, W*fx) -> (H, W) reduction of each fy x fx block
+        return op(op(x.reshape(H * fy, W, fx), 2).reshape(H, fy, W), 1)
+
+    hi = block(d, torch.amax)  # 0 where the block has no valid depth
+    lo = block(torch.where(d > 0, d, _BIG), torch.amin)  # _BIG where none
+    own = hi > 0
+    if dilate_px > 0:  # pixels without a valid depth of their own take their neighbours'
+        k = 2 * dilate_px + 1
+        pool = torch.nn.functional.max_pool2d
+        hi_n = pool(hi[None, None], k, 1, dilate_px)[0, 0]
+        lo_n = -pool(-lo[None, None], k, 1, dilate_px)[0, 0]
+        hi = torch.where(own, hi, hi_n)
+        lo = torch.where(own, lo, lo_n)
+    ok = hi > 0
+    near = torch.where(ok, (lo - margin_m).clamp(min=1e-3), 0.0)
+    far = torch.where(ok, hi + margin_m, 0.0)
+    return near, far
 
 
 def render_shaded(result: RaycastResult, light_dir: Optional[Sequence[float]] = None,

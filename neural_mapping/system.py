@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .config import MappingConfig
+from .geometry import interpolate_pose, inv_pose
 from .pose_buffer import PoseBuffer
 from .queues import Closed, DropOldestQueue
 from .types import RGBDFrame, check_pose
@@ -102,6 +103,8 @@ class MappingSystem:
         self._frames_to_map = 0  # frames handed to the mapping thread (strict-mode sync)
         self._pending = 0  # submitted frames not yet integrated or dropped (flush)
         self._model: Optional[ModelPrediction] = None
+        # strict mode with model_lag_frames: the last few predictions, by frames_integrated
+        self._models: Deque[ModelPrediction] = collections.deque(maxlen=cfg.system.model_lag_frames + 1)
         self._model_cond = threading.Condition()
         self._pose_cond = threading.Condition()
         self._stats_lock = threading.Lock()
@@ -116,6 +119,7 @@ class MappingSystem:
         self._last_T: Optional[np.ndarray] = None
         self._prev_T: Optional[np.ndarray] = None
         self._correction = np.eye(4)
+        self._refine_stamp: Optional[float] = None
         self._consecutive_failures = 0
         self._error: Optional[BaseException] = None
         self._closed = False
@@ -212,7 +216,9 @@ class MappingSystem:
             self.volume.grid = grid
             self.version += 1
             self.mesh_cache.invalidate(grid, self.version)
-            self._model = None
+            with self._model_cond:
+                self._model = None
+                self._models.clear()
         self._request(swap).result(timeout)
 
     def reset(self, timeout: Optional[float] = 30.0) -> None:
@@ -224,10 +230,12 @@ class MappingSystem:
             self.frames_integrated = 0
             with self._model_cond:
                 self._model = None
+                self._models.clear()
                 self._frames_to_map = 0
             self.trajectory.clear()
             self._last_T = self._prev_T = None
             self._correction = np.eye(4)
+            self._refine_stamp = None
             self._consecutive_failures = 0
         self._request(do_reset).result(timeout)
 
@@ -361,13 +369,18 @@ class MappingSystem:
 
     def _model_for_tracking(self) -> Optional[ModelPrediction]:
         with self._model_cond:
-            if self.strict:  # deterministic: the model must include every frame tracked so far
-                while (self._model is None or self._model.frames_integrated < self._frames_to_map) \
-                        and self._error is None and not (self._map_q.closed and len(self._map_q) == 0
-                                                         and not self._threads[1].is_alive()):
-                    if self._frames_to_map == 0:
-                        break
-                    self._model_cond.wait()
+            if not self.strict or self._frames_to_map == 0:
+                return self._model
+            # Deterministic: exactly the model holding the frames handed over so far minus the
+            # configured lag (never fewer than one), whatever the mapping thread has done since.
+            target = max(1, self._frames_to_map - self.config.system.model_lag_frames)
+            while not any(m.frames_integrated == target for m in self._models) \
+                    and self._error is None and not (self._map_q.closed and len(self._map_q) == 0
+                                                     and not self._threads[1].is_alive()):
+                self._model_cond.wait()
+            for m in self._models:
+                if m.frames_integrated == target:
+                    return m
             return self._model
 
     def _estimate_pose(self, frame: RGBDFrame) -> Optional[PoseResult]:
@@ -395,9 +408,11 @@ class MappingSystem:
         self.timings["track"].append(time.perf_counter() - t0)
         if tr.ok:
             self._consecutive_failures = 0
-            corr = tr.T_world_cam @ np.linalg.inv(T_ext) if T_ext is not None else None
-            return PoseResult(frame.index, frame.timestamp, tr.T_world_cam,
-                              "refined" if T_ext is not None else "tracked", True,
+            if T_ext is None:
+                return PoseResult(frame.index, frame.timestamp, tr.T_world_cam, "tracked", True,
+                                  info=tr.info())
+            corr = self._filter_correction(tr.T_world_cam @ inv_pose(T_ext), frame.timestamp)
+            return PoseResult(frame.index, frame.timestamp, corr @ T_ext, "refined", True,
                               T_correction=corr, info=tr.info())
         self._consecutive_failures += 1
         self._count("track_failures")
@@ -408,6 +423,16 @@ class MappingSystem:
         fallback = T_ext if T_ext is not None else (self._last_T if self._last_T is not None else T_init)
         return PoseResult(frame.index, frame.timestamp, fallback, "lost" if lost else "failed", False,
                           info=tr.info())
+
+    def _filter_correction(self, corr_tracked: np.ndarray, stamp: float) -> np.ndarray:
+        """external+refine: move the map->odom correction towards the tracked one by
+        ``dt / refine_time_constant_s`` (first-order low-pass on SE(3))."""
+        tau = self.config.tracking.refine_time_constant_s
+        last, self._refine_stamp = self._refine_stamp, stamp
+        if tau <= 0 or last is None:
+            return corr_tracked
+        alpha = min(1.0, max(0.0, (stamp - last) / tau))
+        return interpolate_pose(self._correction, corr_tracked, alpha)
 
     def _publish_pose(self, frame: RGBDFrame, result: PoseResult) -> None:
         result.latency_s = time.monotonic() - frame.meta.get("t_submit", time.monotonic())
@@ -445,7 +470,7 @@ class MappingSystem:
                 self.frames_integrated += 1
                 prediction = None
                 if self.tracker is not None:
-                    prediction = self.tracker.predict(self.volume, frame.intrinsics, T)
+                    prediction = self.tracker.predict(self.volume, frame.intrinsics, T, frame.depth)
                     self._sync()
                     self.timings["predict"].append(time.perf_counter() - t1)
                 self.timings["integrate"].append(t1 - t0)
@@ -453,12 +478,9 @@ class MappingSystem:
             self.latencies["integrate"].append(now - frame.meta.get("t_submit", now))
             self._count("integrated")
             with self._model_cond:
-                if prediction is not None:
-                    self._model = ModelPrediction(self.frames_integrated, self.version, T,
-                                                  prediction, frame.intrinsics)
-                else:
-                    self._model = ModelPrediction(self.frames_integrated, self.version, T, None,
-                                                  frame.intrinsics)
+                self._model = ModelPrediction(self.frames_integrated, self.version, T, prediction,
+                                              frame.intrinsics)
+                self._models.append(self._model)
                 self._model_cond.notify_all()
             self._settle(-1)
             if self.on_integrated is not None:

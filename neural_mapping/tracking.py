@@ -82,6 +82,9 @@ class TrackerConfig:
     max_motion_deg: float = 30.0
     """Estimate further than this from ``T_init`` -> ``large_motion``."""
     lost_after_failures: int = 5
+    model_hint_margin: float = 1.5
+    """:meth:`predict` with the fused frame's depth marches each ray only within this many
+    truncation distances of the depths around its pixel (0 = march the whole range)."""
     device: str = "cpu"
 
 
@@ -402,16 +405,24 @@ class Tracker:
         f = max(1, intrinsics.width // self.config.model_width)
         return _scaled_to(intrinsics, intrinsics.width // f, intrinsics.height // f)
 
-    def predict(self, volume, intrinsics: CameraIntrinsics, T_world_cam):
+    def predict(self, volume, intrinsics: CameraIntrinsics, T_world_cam, depth=None):
         """Raycast of ``volume`` at ``T_world_cam`` at the tracker's model resolution (for the
-        mapping thread to hand to the next :meth:`track`)."""
-        from .raycast import raycast
+        mapping thread to hand to the next :meth:`track`).  ``depth``: the frame just fused at
+        ``T_world_cam``; its rays then march only near its depths (see
+        ``raycast.depth_range_from_depth``), a few steps instead of the whole range."""
+        from .raycast import depth_range_from_depth, raycast
         K = self.model_intrinsics(intrinsics)
         kw = dict(depth_min_m=self.config.depth_min_m, depth_max_m=self.config.depth_max_m,
                   with_color=False)
         trunc = getattr(volume, "truncation_m", None)
         if trunc is not None:
             kw["truncation_m"] = trunc
+        if depth is not None and trunc is not None and self.config.model_hint_margin > 0:
+            d = _to_tensor(depth, self.device)
+            f = intrinsics.width // K.width
+            if d.shape[0] >= K.height * f and d.shape[1] >= K.width * f:
+                d = d[: K.height * f, : K.width * f]
+                kw["depth_range"] = depth_range_from_depth(d, K, self.config.model_hint_margin * trunc)
         return raycast(volume, K, T_world_cam, **kw)
 
     def _model_view(self, model: ModelLike, intrinsics: CameraIntrinsics, T_init) -> Optional[ModelView]:

@@ -80,7 +80,8 @@ def run_ours(frames, gt, args) -> Dict[str, object]:
         "voxel_size_m": args.voxel, "depth_max_m": args.depth_max, "pose_source": "track",
         "sync_mode": "realtime" if args.live else "strict", "model_lag_frames": args.lag,
         "torch_threads": args.threads, "device": "cpu", "frame_queue_size": 2,
-        "tracking_width_px": args.base_width, "tracking_model_width_px": args.model_width})
+        "tracking_width_px": args.base_width, "tracking_model_width_px": args.model_width,
+        "tracking_point_stride": args.point_stride})
     system = MappingSystem(cfg)
     try:
         t0 = time.perf_counter()
@@ -163,6 +164,7 @@ def main(argv=None):
                     help="model_lag_frames (strict mode)")
     ap.add_argument("--base-width", type=int, default=MappingConfig().tracking.tracking_width_px)
     ap.add_argument("--model-width", type=int, default=MappingConfig().tracking.tracking_model_width_px)
+    ap.add_argument("--point-stride", type=int, default=MappingConfig().tracking.tracking_point_stride)
     ap.add_argument("--no-undistort", dest="undistort", action="store_false",
                     help="feed TUM's raw (distorted) images to both methods")
     ap.add_argument("--live", action="store_true",

@@ -106,6 +106,8 @@ class TrackingConfig:
                                    "the pyramid (640 -> 320).", unit="px", lo=32, hi=4096)
     tracking_model_width_px: int = param(160, "Width of the raycast of the map that frames are "
                                          "aligned to (the model view).", unit="px", lo=32, hi=4096)
+    tracking_point_stride: int = param(1, "Use every n-th valid pixel of the finest pyramid level "
+                                       "(its iterations dominate the tracking time).", lo=1, hi=64)
     tracking_max_angle_deg: float = param(30.0, "Largest angle between frame and model normals of "
                                           "an associated pair.", unit="deg", lo=1.0, hi=90.0)
     tracking_huber_m: float = param(0.01, "Huber threshold on point-to-plane residuals.", unit="m",

@@ -36,6 +36,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from . import kernels
 from .grid import VoxelBlockGrid
 from .tsdf import TSDFVolume, _workspace, trilinear
 from .types import CameraIntrinsics, check_pose
@@ -86,7 +87,8 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
             depth_max_m: Optional[float] = None, truncation_m: Optional[float] = None,
             weight_threshold: float = 0.0, step_fraction: float = 0.8,
             max_steps: int = 4096, with_color: bool = True,
-            depth_range: Optional[tuple] = None, tail_fraction: float = 0.02) -> RaycastResult:
+            depth_range: Optional[tuple] = None, march_unhinted: bool = True,
+            tail_fraction: float = 0.02, one_lookup: bool = False) -> RaycastResult:
     """Render depth / points / normals / color of the TSDF seen from ``T_world_cam``.
 
     ``source`` is a :class:`TSDFVolume` (its depth range and truncation are the
@@ -98,9 +100,13 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
     ``depth_range=(near, far)``: per-pixel ``[H, W]`` camera-z bounds (tensors or arrays)
     where the surface is known to lie, e.g. :func:`depth_range_from_depth` of the frame just
     integrated at this pose.  Rays with ``near > 0`` march only from ``near`` to ``far``
-    (a handful of steps instead of the whole depth range); the others march as usual.
+    (a handful of steps instead of the whole depth range); the others march as usual, or
+    are misses with ``march_unhinted=False``.
     When at most ``tail_fraction`` of the rays are still marching, the rest of their
     range is sampled densely (every voxel) in a few batched passes instead.
+    ``one_lookup``: normals (and validity) come from the trilinear gradient at the
+    interpolated crossing, before the Newton step moves the point by a fraction of a voxel:
+    one trilinear lookup per hit instead of two (no color; the tracker's choice).
     """
     if isinstance(source, TSDFVolume):
         grid = source.grid
@@ -118,6 +124,8 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
     if not (truncation_m > 0 and 0 <= depth_min_m < depth_max_m):
         raise ValueError(f"need truncation_m > 0 and 0 <= depth_min_m < depth_max_m, got "
                          f"{truncation_m}, {depth_min_m}, {depth_max_m}")
+    if one_lookup and with_color:
+        raise ValueError("one_lookup renders no color (with_color=False)")
     if not 0 < step_fraction <= 1:
         raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction}")
     T = check_pose(T_world_cam.detach().cpu().numpy() if isinstance(T_world_cam, torch.Tensor)
@@ -153,7 +161,7 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
         near = near.clamp(min=depth_min_m)
         s_start = torch.where(hinted, near * ray_norm, s_first)  # inf = no hint
         s_end = torch.where(hinted, torch.minimum(far.clamp(min=0) * ray_norm, s_end), s_end)
-        act = (~hinted).nonzero().squeeze(1)
+        act = (~hinted).nonzero().squeeze(1) if march_unhinted else act[:0]
         s = s.index_select(0, act)
     steps = 0
     while act.numel() > 0 and steps < max_steps:
@@ -194,52 +202,12 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
     hit_tb = torch.zeros(N, device=device)
     step_obs = step_fraction * truncation_m
     tail_rays = max(64, int(tail_fraction * N))
-    while K > 0 and steps < max_steps:
-        steps += 1
-        s, prev_t, prev_s, last, u_step = S[0], S[1], S[2], S[3], S[5]
-        vi = torch.addcmul(o_v, S[6:9], s[None, :]).floor_().to(torch.int32)
-        lin = grid.voxel_index_xyz(vi[0], vi[1], vi[2])
-        alloc = lin >= 0
-        safe = lin.clamp_min_(0)
-        tv = tsdf_pool.index_select(0, safe)
-        observed = (weight_pool.index_select(0, safe) > weight_threshold).logical_and_(alloc)
-        tk = torch.where(observed, tv, nan)  # NaN where unknown
-        crossing = (prev_t > 0).logical_and_(tk <= 0)
-        ended = (prev_t < 0).logical_and_(tk > 0).logical_or_(crossing)  # + back faces
-        # A big step from unknown space straight into the negative band overshot the
-        # surface: back up to one voxel past the last unknown sample, then voxel steps.
-        over = (tk < 0).logical_and_(torch.isnan(prev_t)).logical_and_(last > 1.5 * vs)
-        step = torch.where(observed, (tk * step_obs).clamp_min_(vs),
-                           torch.where(alloc, u_step.clamp_max(truncation_m), u_step))
-        u_new = torch.where(observed, block, u_step)
-        s_new = s + step
-        if bool(over.any()):
-            s_new = torch.where(over, prev_s + vs, s_new)
-            step = torch.where(over, vs, step)
-            u_new = torch.where(over, vs, u_new)
-            prev_new = torch.where(over, prev_s, s)
-            tk = torch.where(over, nan, tk)
-        else:
-            prev_new = s
-        if bool(crossing.any()):
-            ci = crossing.nonzero().squeeze(1)
-            ids = act.index_select(0, ci)
-            hit[ids] = True
-            hit_a[ids] = prev_s.index_select(0, ci)
-            hit_b[ids] = s.index_select(0, ci)
-            hit_ta[ids] = prev_t.index_select(0, ci)
-            hit_tb[ids] = tk.index_select(0, ci)
-        keep = ended.logical_not_().logical_and_(s_new <= S[4]).nonzero().squeeze(1)
-        S = torch.cat([s_new[None], tk[None], prev_new[None], step[None], S[4:5], u_new[None],
-                       S[6:9]]).index_select(1, keep)
-        act = act.index_select(0, keep)
-        K = act.numel()
-        if 0 < K <= tail_rays:
-            # The few rays still marching would cost as many more loop steps (each a few
-            # dozen small tensor ops): sample the rest of them densely, a chunk at a time.
-            steps += _march_dense(grid, tsdf_pool, weight_pool, weight_threshold, o_v, S, act,
-                                  vs, (hit, hit_a, hit_b, hit_ta, hit_tb))
-            break
+    # The loop runs in TorchScript (kernels.py): without the GIL, a few dozen small ops per step.
+    steps = kernels.march(grid._index.view(-1), list(grid._index_origin_list), list(grid._index_shape),
+                          grid.block_size, grid.voxel_index_dtype != torch.int32, tsdf_pool,
+                          weight_pool, float(weight_threshold), o_v, S, act, vs, block,
+                          float(truncation_m), step_obs, steps, max_steps, tail_rays, 32,
+                          hit, hit_a, hit_b, hit_ta, hit_tb)
 
     # ---- refine hits on the trilinear field
     ids = hit.nonzero().squeeze(1)
@@ -257,7 +225,7 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
     slope = (r1["grad"] * dsel).sum(dim=0)  # d tsdf / d s, negative towards a surface
     sn = s1 - r1["tsdf"] / torch.where(slope < 0, slope, -1.0)
     sm = torch.where((slope < 0) & (sn >= sa - vs) & (sn <= sb + vs), sn, s1)
-    fin = tri_at(sm, with_grad=True, with_color=with_color)
+    fin = r1 if one_lookup else tri_at(sm, with_grad=True, with_color=with_color)
     g = fin["grad"]
     gn = (g[0] * g[0] + g[1] * g[1] + g[2] * g[2]).sqrt_()
     good = (fin["weight"] > 0) & (gn > 0)
@@ -279,55 +247,6 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
     return RaycastResult(depth=depth.view(H, W), points_world=pts.T.reshape(H, W, 3),
                          normals_world=nrm.T.reshape(H, W, 3), color=col.view(H, W, 3),
                          valid=valid.view(H, W), intrinsics=intrinsics, T_world_cam=T, steps=steps)
-
-
-def _march_dense(grid, tsdf_pool, weight_pool, weight_threshold, o_v, S, act, vs, out,
-                 chunk: int = 32) -> int:
-    """Finish the marching rays ``act`` (state ``S`` of :func:`raycast`'s loop) by sampling
-    every voxel-size step of their remaining range, ``chunk`` samples per ray per pass.
-    Same hit rule: the first ``+`` -> ``-`` change between observed samples is a hit, a
-    ``-`` -> ``+`` change ends the ray.  Writes hits into ``out``; returns the passes."""
-    hit, hit_a, hit_b, hit_ta, hit_tb = out
-    device = S.device
-    nan = float("nan")
-    prev_t, prev_s, s_end, d = S[1], S[2], S[4], S[6:9]
-    # After an unknown sample the march may have stepped far: resume one voxel after it.
-    start = torch.where(torch.isnan(prev_t), torch.minimum(prev_s + vs, S[0]), S[0])
-    offs = torch.arange(chunk, device=device, dtype=start.dtype) * vs
-    passes = 0
-    while act.numel() > 0:
-        passes += 1
-        K = act.numel()
-        sv = start[:, None] + offs[None, :]  # K x chunk
-        vi = (o_v[:, :, None] + d[:, :, None] * sv[None]).floor_().to(torch.int32)
-        lin = grid.voxel_index_xyz(vi[0], vi[1], vi[2])
-        safe = lin.clamp_min(0)
-        observed = (weight_pool[safe] > weight_threshold) & (lin >= 0) & (sv <= s_end[:, None])
-        t = torch.where(observed, tsdf_pool[safe], nan)
-        t = torch.cat([prev_t[:, None], t], 1)
-        sv = torch.cat([prev_s[:, None], sv], 1)
-        a, b = t[:, :-1], t[:, 1:]
-        cross = (a > 0) & (b <= 0)
-        event = cross | ((a < 0) & (b > 0))
-        has = event.any(1)
-        j = event.to(torch.uint8).argmax(1)  # first event
-        rows = torch.arange(K, device=device)
-        is_hit = has & cross[rows, j]
-        if bool(is_hit.any()):
-            r = is_hit.nonzero().squeeze(1)
-            jj = j[r]
-            ids = act[r]
-            hit[ids] = True
-            hit_a[ids] = sv[r, jj]
-            hit_b[ids] = sv[r, jj + 1]
-            hit_ta[ids] = t[r, jj]
-            hit_tb[ids] = t[r, jj + 1]
-        nxt = start + chunk * vs
-        keep = (~has & (nxt <= s_end)).nonzero().squeeze(1)
-        act = act[keep]
-        prev_t, prev_s = t[keep, -1], sv[keep, -1]
-        start, s_end, d = nxt[keep], s_end[keep], d[:, keep]
-    return passes
 
 
 def depth_range_from_depth(depth, intrinsics: CameraIntrinsics, margin_m: float,

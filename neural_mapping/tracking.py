@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from . import kernels
 from .geometry import inv_pose, orthonormalize, pose_distance, se3_exp
 from .types import CameraIntrinsics
 
@@ -54,6 +55,8 @@ class TrackerConfig:
     """The frame is block-averaged to this width (640 -> 320) before the pyramid."""
     model_width: int = 160
     """Width of the raycast made by :meth:`Tracker.predict` (the model view)."""
+    finest_stride: int = 1
+    """Use every n-th valid pixel of the finest pyramid level (its steps dominate the cost)."""
     iterations: Tuple[int, ...] = (6, 4, 3)
     """Gauss-Newton iterations per pyramid level, coarse to fine (level count = length)."""
     max_dist_m: Tuple[float, ...] = (0.10, 0.05, 0.03)
@@ -248,17 +251,7 @@ def downsample_depth(d: torch.Tensor, f: int, rel_tol: float = 0.03) -> torch.Te
 
 
 def _down2(d: torch.Tensor, rel_tol: float) -> torch.Tensor:
-    H, W = d.shape
-    h, w = H // 2, W // 2
-    q = [d[i: 2 * h: 2, j: 2 * w: 2] for i in (0, 1) for j in (0, 1)]
-    s = q[0] + q[1] + q[2] + q[3]
-    mx = torch.maximum(torch.maximum(q[0], q[1]), torch.maximum(q[2], q[3]))
-    inv = [(x <= 0).to(d.dtype) for x in q]
-    cnt = 4.0 - (inv[0] + inv[1] + inv[2] + inv[3])
-    m = [x + iv * _FAR for x, iv in zip(q, inv)]
-    mn = torch.minimum(torch.minimum(m[0], m[1]), torch.minimum(m[2], m[3]))
-    ok = (cnt > 0) & (mx - mn <= rel_tol * mn + 0.01)
-    return s / cnt.clamp(min=1.0) * ok
+    return kernels.down2(d, float(rel_tol), _FAR)
 
 
 def vertex_map(d: torch.Tensor, K: CameraIntrinsics) -> torch.Tensor:
@@ -282,32 +275,8 @@ def normal_map(V: torch.Tensor, d: torch.Tensor, max_rel_jump: float = 0.05) -> 
 
 
 def _normals_soa(X, d: torch.Tensor, max_rel_jump: float = 0.05):
-    H, W = d.shape
-    zeros = torch.zeros((H, W), dtype=d.dtype, device=d.device)
-    valid = torch.zeros((H, W), dtype=torch.bool, device=d.device)
-    if H < 3 or W < 3:
-        return (zeros, zeros.clone(), zeros.clone()), valid
-    dx = [c[1:-1, 2:] - c[1:-1, :-2] for c in X]
-    dy = [c[2:, 1:-1] - c[:-2, 1:-1] for c in X]
-    nx = dx[1] * dy[2] - dx[2] * dy[1]
-    ny = dx[2] * dy[0] - dx[0] * dy[2]
-    nz = dx[0] * dy[1] - dx[1] * dy[0]
-    norm2 = nx * nx + ny * ny + nz * nz
-    # orient towards the camera: n . p < 0
-    dot = nx * X[0][1:-1, 1:-1] + ny * X[1][1:-1, 1:-1] + nz * X[2][1:-1, 1:-1]
-    scale = torch.rsqrt(norm2.clamp(min=1e-30)) * torch.where(dot > 0, -1.0, 1.0)
-    c = d[1:-1, 1:-1]
-    tol = max_rel_jump * c + 0.005
-    ok = (c > 0) & (norm2 > 0)
-    for nb in (d[1:-1, 2:], d[1:-1, :-2], d[2:, 1:-1], d[:-2, 1:-1]):
-        ok &= (nb > 0) & ((nb - c).abs() < tol)
-    out = []
-    for comp in (nx, ny, nz):
-        full = zeros.clone()
-        full[1:-1, 1:-1] = comp * scale * ok
-        out.append(full)
-    valid[1:-1, 1:-1] = ok
-    return tuple(out), valid
+    nx, ny, nz, valid = kernels.normals(X[0], X[1], X[2], d, float(max_rel_jump))
+    return (nx, ny, nz), valid
 
 
 class _Level:
@@ -362,6 +331,7 @@ class Tracker:
             kw["device"] = str(device)
         t = cfg.tracking  # config.TrackingConfig: the ROS/CLI/YAML-visible tracker settings
         kw.update(base_width=t.tracking_width_px, model_width=t.tracking_model_width_px,
+                  finest_stride=t.tracking_point_stride,
                   max_angle_deg=t.tracking_max_angle_deg, huber_m=t.tracking_huber_m,
                   depth_noise_weighting=t.tracking_depth_noise_weighting,
                   min_inliers=t.tracking_min_inliers, max_rms_m=t.tracking_max_rms_m,
@@ -405,15 +375,15 @@ class Tracker:
         f = max(1, intrinsics.width // self.config.model_width)
         return _scaled_to(intrinsics, intrinsics.width // f, intrinsics.height // f)
 
-    def predict(self, volume, intrinsics: CameraIntrinsics, T_world_cam, depth=None):
-        """Raycast of ``volume`` at ``T_world_cam`` at the tracker's model resolution (for the
-        mapping thread to hand to the next :meth:`track`).  ``depth``: the frame just fused at
+    def predict(self, volume, intrinsics: CameraIntrinsics, T_world_cam, depth=None) -> "ModelView":
+        """The model view: a raycast of ``volume`` at ``T_world_cam`` at the tracker's model
+        resolution (the mapping thread makes it for the next :meth:`track`).  ``depth``: the frame just fused at
         ``T_world_cam``; its rays then march only near its depths (see
         ``raycast.depth_range_from_depth``), a few steps instead of the whole range."""
         from .raycast import depth_range_from_depth, raycast
         K = self.model_intrinsics(intrinsics)
         kw = dict(depth_min_m=self.config.depth_min_m, depth_max_m=self.config.depth_max_m,
-                  with_color=False)
+                  with_color=False, one_lookup=True)
         trunc = getattr(volume, "truncation_m", None)
         if trunc is not None:
             kw["truncation_m"] = trunc
@@ -423,7 +393,10 @@ class Tracker:
             if d.shape[0] >= K.height * f and d.shape[1] >= K.width * f:
                 d = d[: K.height * f, : K.width * f]
                 kw["depth_range"] = depth_range_from_depth(d, K, self.config.model_hint_margin * trunc)
-        return raycast(volume, K, T_world_cam, **kw)
+                # Rays without a valid depth nearby (holes, beyond range) stay empty: the
+                # next frames, seen from nearly here, have no depth there either.
+                kw["march_unhinted"] = False
+        return ModelView.from_raycast(raycast(volume, K, T_world_cam, **kw), K, T_world_cam, self.device)
 
     def _model_view(self, model: ModelLike, intrinsics: CameraIntrinsics, T_init) -> Optional[ModelView]:
         if model is None:
@@ -494,10 +467,12 @@ class Tracker:
             f = 2
         levels.reverse()  # coarse to fine
         out = []
-        for d, K in levels:
+        for lvl, (d, K) in enumerate(levels):
             X = _xyz(d, K)
             N, nvalid = _normals_soa(X, d)
             m = torch.nonzero(nvalid.reshape(-1)).squeeze(1)
+            if lvl == len(levels) - 1 and cfg.finest_stride > 1:
+                m = m[::cfg.finest_stride]
             n = int(m.numel())
             npad = max(_CHUNK, -(-n // _CHUNK) * _CHUNK)
             P = torch.zeros((3, npad), dtype=d.dtype, device=d.device)
@@ -538,9 +513,9 @@ class Tracker:
                 if np.linalg.norm(xi[:3]) < cfg.eps_trans_m and np.linalg.norm(xi[3:]) < cfg.eps_rot_rad:
                     break
             levels_info.append((L.n, total_it))
-        # Final evaluation at the finest level with the final pose (counts, residual, system).
+        # Counts, residual and system of the finest level's last linearisation (at the pose
+        # before its update, which is below eps when the level converged).
         L = pyr[-1]
-        stats = self._step(L, T, view, cfg.max_dist_m[-1])
         T_world_cam = orthonormalize(view.T_world_ref @ T)
         n_pts = L.n
         if stats is None:
@@ -570,45 +545,16 @@ class Tracker:
         return res
 
     def _step(self, L: _Level, T: np.ndarray, view: ModelView, max_dist: float):
-        """One association + linearisation. Returns (H 6x6, b 6, inliers, robust rss)."""
+        """One association + linearisation (kernels.icp_system, TorchScript).
+        Returns (H 6x6, b 6, inliers, robust rss) or None below 6 inliers."""
         K = view.intrinsics
-        Hm, Wm = K.height, K.width
         dev = L.P.device
         R = torch.as_tensor(T[:3, :3], dtype=torch.float32, device=dev)
         t = torch.as_tensor(T[:3, 3:4], dtype=torch.float32, device=dev)
-        q = R @ L.P + t  # frame points in the reference camera frame (3, n)
-        z = q[2]
-        iz = 1.0 / z.clamp(min=1e-3)
-        u = torch.round(q[0] * iz * K.fx + K.cx)
-        v = torch.round(q[1] * iz * K.fy + K.cy)
-        inb = (z > 1e-3) & (u >= 0) & (u <= Wm - 1) & (v >= 0) & (v <= Hm - 1)
-        idx = ((v * Wm + u) * inb).long()  # out of view -> pixel 0, an invalid sentinel
-        G = view.table.index_select(1, idx)  # (6, n): model point, model normal
-        nm = G[3:]
-        diff = q - G[:3]
-        dist2 = (diff * diff).sum(0)
-        A = L.A
-        r = A[6]
-        torch.sum(diff * nm, 0, out=r)
-        cosang = ((R @ L.N) * nm).sum(0)
-        keep = (dist2 < max_dist * max_dist) & (cosang > self._cos_angle)
-        hub = self.config.huber_m
-        if self.config.depth_noise_weighting:
-            # Structured-light noise grows with z^2: residuals scaled by s = (z / 1 m)^2, robust
-            # weight on r / s, information 1 / s^2.
-            sc = (L.P[2] * L.P[2]).clamp(min=0.25)
-            w = (hub * sc / r.abs().clamp(min=1e-9)).clamp(max=1.0) * keep / (sc * sc)
-        else:
-            w = (hub / r.abs().clamp(min=1e-9)).clamp(max=1.0) * keep
-        A[0:3] = nm
-        torch.mul(q[1], nm[2], out=A[3]).addcmul_(q[2], nm[1], value=-1.0)
-        torch.mul(q[2], nm[0], out=A[4]).addcmul_(q[0], nm[2], value=-1.0)
-        torch.mul(q[0], nm[1], out=A[5]).addcmul_(q[1], nm[0], value=-1.0)
-        Aw = A * w
-        c = A.shape[1] // _CHUNK
-        M = torch.bmm(Aw.view(7, c, _CHUNK).transpose(0, 1),
-                      A.view(7, c, _CHUNK).permute(1, 2, 0)).sum(0).double()
-        n_in = int(keep.sum())
+        M, n_in = kernels.icp_system(L.P, L.N, L.A, R, t, view.table, float(K.fx), float(K.fy),
+                                     float(K.cx), float(K.cy), int(K.width), int(K.height),
+                                     float(max_dist), float(self._cos_angle), float(self.config.huber_m),
+                                     bool(self.config.depth_noise_weighting), _CHUNK)
         if n_in < 6:
             return None
         return M[:6, :6], M[:6, 6], n_in, float(M[6, 6])

@@ -81,7 +81,7 @@ def run_ours(frames, gt, args) -> Dict[str, object]:
         "sync_mode": "realtime" if args.live else "strict", "model_lag_frames": args.lag,
         "torch_threads": args.threads, "device": "cpu", "frame_queue_size": 2,
         "tracking_width_px": args.base_width, "tracking_model_width_px": args.model_width,
-        "tracking_point_stride": args.point_stride})
+        "tracking_point_stride": args.point_stride, "block_size_vox": args.block_size})
     system = MappingSystem(cfg)
     try:
         t0 = time.perf_counter()
@@ -164,6 +164,8 @@ def main(argv=None):
                     help="model_lag_frames (strict mode)")
     ap.add_argument("--base-width", type=int, default=MappingConfig().tracking.tracking_width_px)
     ap.add_argument("--model-width", type=int, default=MappingConfig().tracking.tracking_model_width_px)
+    ap.add_argument("--block-size", type=int, default=MappingConfig().grid.block_size_vox,
+                    help="block_size_vox of our grid")
     ap.add_argument("--point-stride", type=int, default=MappingConfig().tracking.tracking_point_stride)
     ap.add_argument("--no-undistort", dest="undistort", action="store_false",
                     help="feed TUM's raw (distorted) images to both methods")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -65,6 +65,61 @@ def voxel_index(vx: Tensor, vy: Tensor, vz: Tensor, index: Tensor, origin: List[
     if long_index:
         return loc.long() + slots.long() * b3
     return loc + slots * b3
+
+
+# ------------------------------------------------------------------ sampling
+def trilinear(pts: Tensor, index: Tensor, origin: List[int], shape: List[int], block: int,
+              long_index: bool, tsdf: Tensor, weight: Tensor, color: Optional[Tensor],
+              corner_offs: Tensor, corner_lin: Tensor, inv_vs: float, with_grad: bool
+              ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Trilinear TSDF at world points ``pts`` ``[3, K]`` (see ``tsdf.trilinear``): returns
+    ``tsdf`` (renormalised over observed corners, 1 where none is), ``weight``, the gradient
+    ``[3, K]`` (per metre, ``with_grad``) and the color ``[K, 3]`` (if ``color`` is given).
+    ``corner_offs`` ``[3, 8, 1]`` int32 and ``corner_lin`` ``[8, 1]`` are the corner offsets
+    as coordinates and as linear offsets inside a block."""
+    K = pts.shape[1]
+    g = pts * inv_vs - 0.5  # voxel v's centre is at (v + 0.5) * vs
+    base_f = torch.floor(g)
+    frac = g - base_f
+    base = base_f.to(torch.int32)
+    # Corners inside the base voxel's block are the base index + a constant; only points on
+    # a block's upper face need the other blocks looked up.
+    lin = voxel_index(base[0], base[1], base[2], index, origin, shape, block, long_index).unsqueeze(0) + corner_lin
+    edge = (torch.remainder(base, block) == block - 1).any(dim=0).nonzero().squeeze(1)
+    if edge.numel() > 0:
+        ve = base.index_select(1, edge).unsqueeze(1) + corner_offs  # [3, 8, E]
+        lin.index_copy_(1, edge, voxel_index(ve[0], ve[1], ve[2], index, origin, shape, block, long_index))
+    ok = lin >= 0
+    safe = lin.clamp(min=0).view(-1)
+    wv = weight.index_select(0, safe).view(8, K) * ok.to(weight.dtype)
+    tv = tsdf.index_select(0, safe).view(8, K)
+    one_m = 1.0 - frac
+    ax = torch.stack([one_m[0], frac[0]])  # [2, K]
+    ay = torch.stack([one_m[1], frac[1]])
+    az = torch.stack([one_m[2], frac[2]])
+    ayz = (ay.unsqueeze(1) * az.unsqueeze(0)).reshape(4, K)
+    tri = (ax.unsqueeze(1) * ayz.unsqueeze(0)).reshape(8, K)
+    obs = (wv > 0).to(tri.dtype) * tri
+    norm = obs.sum(dim=0)
+    has = norm > 0
+    inv = torch.where(has, 1.0 / norm.clamp(min=1e-12), 0.0)
+    t_out = torch.where(has, (obs * tv).sum(dim=0) * inv, 1.0)
+    w_out = (tri * wv).sum(dim=0)
+    grad: Optional[Tensor] = None
+    if with_grad:
+        tg = torch.where(ok, tv, 1.0).view(2, 2, 2, K)
+        axz = ax.unsqueeze(1) * az.unsqueeze(0)  # [2(x), 2(z), K]
+        axy = ax.unsqueeze(1) * ay.unsqueeze(0)  # [2(x), 2(y), K]
+        ayz2 = ayz.view(2, 2, K)
+        gx = ((tg[1] - tg[0]) * ayz2).sum(dim=(0, 1))
+        gy = ((tg[:, 1] - tg[:, 0]) * axz).sum(dim=(0, 1))
+        gz = ((tg[:, :, 1] - tg[:, :, 0]) * axy).sum(dim=(0, 1))
+        grad = torch.stack([gx, gy, gz]) * inv_vs
+    col: Optional[Tensor] = None
+    if color is not None:
+        cv = color.view(-1, 3).index_select(0, safe).view(8, K, 3)
+        col = torch.einsum("ck,ckd->kd", obs, cv) * inv.unsqueeze(1)
+    return t_out, w_out, grad, col
 
 
 # ------------------------------------------------------------------ ray marching
@@ -272,6 +327,7 @@ def normals(X: Tensor, Y: Tensor, Z: Tensor, d: Tensor, max_rel_jump: float
 
 
 voxel_index = script(voxel_index)
+trilinear = script(trilinear)
 march_dense = script(march_dense)
 march = script(march)
 icp_system = script(icp_system)

@@ -49,6 +49,7 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from . import kernels
 from .grid import TSDF_ATTRIBUTES, VoxelBlockGrid
 from .types import CameraIntrinsics, RGBDFrame, check_pose
 
@@ -368,52 +369,23 @@ def trilinear(grid: VoxelBlockGrid, pts: torch.Tensor, *, with_grad: bool = Fals
     ``grad`` [3, K] (d tsdf / d x, per metre; unobserved corners read their stored
     value) and ``color`` [K, 3].
     """
-    K = pts.shape[1]
     device = grid.device
     B = grid.block_size
-    g = pts * (1.0 / grid.voxel_size_m) - 0.5  # voxel v's centre is at (v + 0.5) * vs
-    base = torch.floor(g)
-    frac = g.sub_(base)
-    base = base.to(torch.int32)
     offs = _workspace().cached(("corner_offs", B, grid.voxel_index_dtype, device), lambda: (
         torch.tensor(_CORNERS, dtype=torch.int32, device=device).T.reshape(3, 8, 1),
         torch.tensor([(x * B + y) * B + z for x, y, z in _CORNERS], device=device,
                      dtype=grid.voxel_index_dtype)[:, None]))
-    # Corners inside the base voxel's block are the base index + a constant; only
-    # points on a block's upper face need the other blocks looked up.
-    lin = grid.voxel_index_xyz(base[0], base[1], base[2])[None, :] + offs[1]  # [8, K]
-    edge = (torch.remainder(base, B) == B - 1).any(dim=0).nonzero().squeeze(1)
-    if edge.numel():
-        ve = base.index_select(1, edge)[:, None, :] + offs[0]  # [3, 8, E]
-        lin.index_copy_(1, edge, grid.voxel_index_xyz(ve[0], ve[1], ve[2]))
-    ok = lin >= 0
-    safe = lin.clamp_min_(0).view(-1)
-    wv = grid.attrs["weight"].view(-1).index_select(0, safe).view(8, K).mul_(ok)
-    tv = grid.attrs["tsdf"].view(-1).index_select(0, safe).view(8, K)
-    one_m = 1.0 - frac
-    ax = torch.stack([one_m[0], frac[0]])  # [2, K]
-    ay = torch.stack([one_m[1], frac[1]])
-    az = torch.stack([one_m[2], frac[2]])
-    ayz = (ay[:, None, :] * az[None, :, :]).reshape(4, K)
-    tri = (ax[:, None, :] * ayz[None, :, :]).reshape(8, K)
-    obs = (wv > 0).to(torch.float32).mul_(tri)
-    norm = obs.sum(dim=0)
-    has = norm > 0
-    inv = torch.where(has, 1.0 / norm.clamp_min(1e-12), 0.0)
-    out = {"tsdf": torch.where(has, (obs * tv).sum(dim=0).mul_(inv), 1.0),
-           "weight": (tri * wv).sum(dim=0)}
-    if with_grad:
-        tv = torch.where(ok, tv, 1.0).view(2, 2, 2, K)
-        axz = (ax[:, None, :] * az[None, :, :])  # [2(x), 2(z), K]
-        axy = (ax[:, None, :] * ay[None, :, :])  # [2(x), 2(y), K]
-        ayz = ayz.view(2, 2, K)
-        gx = ((tv[1] - tv[0]) * ayz).sum(dim=(0, 1))
-        gy = ((tv[:, 1] - tv[:, 0]) * axz).sum(dim=(0, 1))
-        gz = ((tv[:, :, 1] - tv[:, :, 0]) * axy).sum(dim=(0, 1))
-        out["grad"] = torch.stack([gx, gy, gz]).mul_(1.0 / grid.voxel_size_m)
-    if with_color and "color" in grid.attrs:
-        cv = grid.attrs["color"].view(-1, 3).index_select(0, safe).view(8, K, 3)
-        out["color"] = torch.einsum("ck,ckd->kd", obs, cv).mul_(inv[:, None])
+    color = grid.attrs["color"] if with_color and "color" in grid.attrs else None
+    t, w, g, c = kernels.trilinear(
+        pts, grid._index.view(-1), list(grid._index_origin_list), list(grid._index_shape), B,
+        grid.voxel_index_dtype != torch.int32, grid.attrs["tsdf"].view(-1),
+        grid.attrs["weight"].view(-1), color, offs[0], offs[1], 1.0 / grid.voxel_size_m,
+        with_grad)
+    out = {"tsdf": t, "weight": w}
+    if g is not None:
+        out["grad"] = g
+    if c is not None:
+        out["color"] = c
     return out
 
 

@@ -38,6 +38,16 @@ def test_march_and_icp_match_eager(monkeypatch):
     torch.testing.assert_close(scripted.depth, eager.depth, rtol=0, atol=1e-6)
     monkeypatch.undo()
 
+    from neural_mapping.tsdf import trilinear
+    pts = scripted.points_world[scripted.valid].T.contiguous()
+    a = trilinear(vol.grid, pts, with_grad=True)
+    monkeypatch.setattr(kernels, "trilinear", kernels.trilinear.eager)
+    b = trilinear(vol.grid, pts, with_grad=True)
+    monkeypatch.undo()
+    assert a["tsdf"].abs().median() < 0.05  # points on the surface
+    for k in ("tsdf", "weight", "grad"):
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
     tr = Tracker()
     view = tr.predict(vol, K, T0, d0)
     pyr, _ = tr._pyramid(render_depth(T0, K), K)

@@ -37,9 +37,9 @@ messages are read from the first CDR bytes, camera_info and pose messages are
 small and decoded); ``ds[i]`` then fetches the two image messages of frame ``i``
 by their record time.  Memory stays small whatever the bag size.
 
-The decoding rules mirror :mod:`neural_mapping.ros.conversions` (the node's),
-written against the plain message fields so the core never imports ROS;
-``test/test_bags.py`` cross-checks the two.
+Images and camera_info are decoded by :mod:`neural_mapping.msg_decode`, the same
+pure-numpy code the ROS node uses (through :mod:`neural_mapping.ros.conversions`),
+written against the plain message fields so the core never imports ROS.
 """
 
 from __future__ import annotations
@@ -48,11 +48,13 @@ import logging
 import struct
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import msg_decode
 from ..geometry import interpolate_pose, pose_from_tq
 from ..types import CameraIntrinsics, RGBDFrame
 from .base import Dataset, DatasetError, select_indices, stack_poses
@@ -74,9 +76,8 @@ POSE_MSG_TYPES = {"geometry_msgs/msg/PoseStamped": "PoseStamped",
                   "nav_msgs/msg/Odometry": "Odometry",
                   "geometry_msgs/msg/TransformStamped": "TransformStamped"}
 
-DEPTH_ENCODINGS = {"16UC1": ("u2", 1e-3), "mono16": ("u2", 1e-3), "32FC1": ("f4", 1.0)}
-COLOR_ENCODINGS = {"rgb8": (3, (0, 1, 2)), "bgr8": (3, (2, 1, 0)), "rgba8": (4, (0, 1, 2)),
-                   "bgra8": (4, (2, 1, 0)), "mono8": (1, (0, 0, 0))}
+DEPTH_ENCODINGS = msg_decode.DEPTH_ENCODINGS
+COLOR_ENCODINGS = msg_decode.COLOR_ENCODINGS
 QUAT_NORM_TOL = 0.1  # as the PoseBuffer: further from 1 is a broken message, closer is normalised
 
 LAYOUT_HELP = ("  rosbag2        a rosbag2 folder (metadata.yaml + .mcap or .db3), or a single .mcap / "
@@ -123,91 +124,34 @@ def header_stamp_ns_from_cdr(raw) -> Optional[int]:
 
 
 # ------------------------------------------------------------------------- decoding
-def _image_view(msg, dtype: str, channels: int, what: str) -> np.ndarray:
-    """(H, W[, C]) view of ``msg.data`` with ``step`` as row stride, in ``is_bigendian`` order."""
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    item = np.dtype(dtype).itemsize
-    bpp = item * channels
-    if h <= 0 or w <= 0:
-        raise DatasetError(f"{what} image is {w}x{h}: width and height must be > 0")
-    if step < w * bpp:
-        raise DatasetError(f"{what} image step {step} B is smaller than width {w} x {bpp} B/pixel "
-                           f"({msg.encoding}) = {w * bpp} B")
-    buf = np.frombuffer(msg.data, np.uint8) if not isinstance(msg.data, np.ndarray) else msg.data
-    buf = buf.reshape(-1).view(np.uint8)
-    # the last row only needs w * bpp bytes, but REP-118 says data is step * height
-    if buf.nbytes < step * h:
-        raise DatasetError(f"{what} image data has {buf.nbytes} B, expected step {step} x height {h} "
-                           f"= {step * h} B")
-    dt = np.dtype(dtype)
-    if item > 1:
-        dt = dt.newbyteorder(">" if msg.is_bigendian else "<")
-    if channels == 1:
-        return np.ndarray((h, w), dt, buf, 0, (step, item))
-    return np.ndarray((h, w, channels), dt, buf, 0, (step, bpp, item))
+# The decoding itself is neural_mapping.msg_decode (shared with the ROS node); these wrap its
+# DecodeError into the DatasetError the dataset API raises (same message, without the reason).
+@contextmanager
+def _as_dataset_error():
+    try:
+        yield
+    except msg_decode.DecodeError as exc:
+        raise DatasetError(exc.message) from None
 
 
 def decode_depth(msg) -> np.ndarray:
     """sensor_msgs/Image depth -> (H, W) float32 metres, invalid = 0 (REP-118)."""
-    enc = DEPTH_ENCODINGS.get(msg.encoding)
-    if enc is None:
-        raise DatasetError(f"depth encoding {msg.encoding!r} is not supported; supported (REP-118): "
-                           f"{', '.join(DEPTH_ENCODINGS)}")
-    raw = _image_view(msg, enc[0], 1, "depth")
-    if raw.dtype.kind == "u":
-        return np.multiply(raw, np.float32(enc[1]), dtype=np.float32)
-    d = raw.astype(np.float32)  # native order, contiguous, a copy
-    bad = ~np.isfinite(d)
-    bad |= d < 0
-    d[bad] = 0.0
-    return d
+    with _as_dataset_error():
+        return msg_decode.depth_from_msg(msg)
 
 
 def decode_color(msg) -> np.ndarray:
     """sensor_msgs/Image colour -> (H, W, 3) uint8 RGB (a writable copy)."""
-    enc = COLOR_ENCODINGS.get(msg.encoding)
-    if enc is None:
-        raise DatasetError(f"color encoding {msg.encoding!r} is not supported; supported: "
-                           f"{', '.join(COLOR_ENCODINGS)}")
-    ch, order = enc
-    img = _image_view(msg, "u1", ch, "color")
-    if ch == 1:
-        return np.repeat(img[:, :, None], 3, axis=2)
-    img = img[:, :, :3] if order == (0, 1, 2) else img[:, :, 2::-1]
-    return np.array(img, dtype=np.uint8, order="C")
+    with _as_dataset_error():
+        return msg_decode.color_from_msg(msg, copy=True)
 
 
 def intrinsics_from_camera_info(msg) -> CameraIntrinsics:
     """Intrinsics of the image a sensor_msgs/CameraInfo describes: ``K`` of the full sensor,
     then ``roi`` (when ``roi.width > 0``: principal point shifted, size set), then
     ``binning_x/y`` (0 or 1 = none) divide focal lengths, principal point and size."""
-    K = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    if K.size != 9 or not np.all(np.isfinite(K)):
-        raise DatasetError(f"camera_info K must be 9 finite values, got {K.tolist()}")
-    if K[0] <= 0 or K[4] <= 0:
-        raise DatasetError(f"camera_info K has fx={K[0]}, fy={K[4]}: the camera is uncalibrated "
-                           "(K[0] == 0) or K is malformed")
-    width, height = int(msg.width), int(msg.height)
-    fx, fy, cx, cy = float(K[0]), float(K[4]), float(K[2]), float(K[5])
-    roi = msg.roi
-    if roi.width > 0 or roi.height > 0:
-        if roi.width == 0 or roi.height == 0:
-            raise DatasetError(f"camera_info roi is {roi.width}x{roi.height}")
-        if width and height and (roi.x_offset + roi.width > width or roi.y_offset + roi.height > height):
-            raise DatasetError(f"camera_info roi ({roi.x_offset}, {roi.y_offset}, {roi.width}x"
-                               f"{roi.height}) exceeds the {width}x{height} sensor")
-        cx -= roi.x_offset
-        cy -= roi.y_offset
-        width, height = int(roi.width), int(roi.height)
-    bx, by = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
-    if bx > 1:
-        fx, cx, width = fx / bx, cx / bx, width // bx
-    if by > 1:
-        fy, cy, height = fy / by, cy / by, height // by
-    try:
-        return CameraIntrinsics(width, height, fx, fy, cx, cy)
-    except ValueError as exc:
-        raise DatasetError(f"camera_info: {exc}") from None
+    with _as_dataset_error():
+        return msg_decode.intrinsics_from_camera_info(msg)
 
 
 def pose_tq_from_msg(msg, kind: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -367,7 +311,7 @@ class RosbagDataset(Dataset):
                     self.dropped_messages["bad_camera_info"] += 1
                     log.warning("%s: camera_info dropped: %s", self.path, exc)
                     continue
-                distorted = any(abs(float(v)) > 1e-9 for v in np.asarray(msg.d).reshape(-1))
+                distorted = msg_decode.has_distortion(msg)
                 infos.append((stamp_ns(msg.header), K, distorted))
             elif id(conn) in pset:
                 msg = self._store.deserialize_cdr(raw, conn.msgtype)

@@ -10,11 +10,13 @@ Decoding (inputs):
 * :func:`pose_from_msg` / :func:`pose_sample_from_msg` -- PoseStamped, Odometry,
   TransformStamped.
 
-Both image decoders read ``msg.data`` through ``np.ndarray(buffer=...)`` with the row
-``step`` as stride and the byte order given by ``is_bigendian``: no copy until the one
-conversion to the output array (``rgb8`` without padding is returned as a zero-copy view).
-Every rejected input raises :class:`DecodeError` whose ``reason`` is a short, stable key
-(the node counts drops per reason): see ``REASONS``.
+The image and camera_info decoders (and :class:`DecodeError`) are the core's
+:mod:`neural_mapping.msg_decode`, re-exported here: one pure-numpy copy shared with the bag
+reader.  They read ``msg.data`` through ``np.ndarray(buffer=...)`` with the row ``step`` as
+stride and the byte order given by ``is_bigendian``: no copy until the one conversion to the
+output array (``rgb8`` without padding is returned as a zero-copy view).  Every rejected
+input raises :class:`DecodeError` whose ``reason`` is a short, stable key (the node counts
+drops per reason): see ``REASONS``.
 
 Building (outputs and tests): :func:`pose_stamped_msg`, :func:`odometry_msg`,
 :func:`path_append`, :func:`occupancy_grid_msg`, :func:`image_msg`,
@@ -32,37 +34,22 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..geometry import pose_from_tq, rot_to_quat
+from ..msg_decode import (BAD_CAMERA_INFO, COLOR_ENCODING, COLOR_ENCODINGS,  # noqa: F401 (API)
+                          DEPTH_ENCODING, DEPTH_ENCODINGS, SIZE_MISMATCH, DecodeError,
+                          color_from_msg, depth_from_msg, depth_raw_from_msg, has_distortion,
+                          intrinsics_from_camera_info)
 from ..types import CameraIntrinsics
 
-# Stable drop-counter keys.
-DEPTH_ENCODING = "depth_encoding"
-COLOR_ENCODING = "color_encoding"
-SIZE_MISMATCH = "size_mismatch"
-BAD_CAMERA_INFO = "bad_camera_info"
+# Stable drop-counter keys (the image / camera_info ones come from msg_decode).
 NOT_REGISTERED = "not_registered"
 BAD_POSE = "bad_pose"
 BAD_STAMP = "bad_stamp"
 REASONS = (DEPTH_ENCODING, COLOR_ENCODING, SIZE_MISMATCH, BAD_CAMERA_INFO, NOT_REGISTERED,
            BAD_POSE, BAD_STAMP)
 
-DEPTH_ENCODINGS = {"16UC1": ("u2", 1e-3), "mono16": ("u2", 1e-3), "32FC1": ("f4", 1.0)}
-# encoding -> (channels, channel order to pick for R, G, B)
-COLOR_ENCODINGS = {"rgb8": (3, (0, 1, 2)), "bgr8": (3, (2, 1, 0)), "rgba8": (4, (0, 1, 2)),
-                   "bgra8": (4, (2, 1, 0)), "mono8": (1, (0, 0, 0))}
 POSE_TYPES = ("PoseStamped", "Odometry", "TransformStamped")
 
 HOST_BIGENDIAN = sys.byteorder == "big"
-
-
-class DecodeError(ValueError):
-    """A message that cannot be converted.  ``reason`` is a stable drop-counter key."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-    def __str__(self) -> str:  # "[reason] message"
-        return f"[{self.reason}] {self.args[0]}"
 
 
 # ------------------------------------------------------------------------------ time
@@ -95,122 +82,10 @@ def _header(frame_id: str, stamp):
     return Header(stamp=sec_to_stamp(stamp), frame_id=str(frame_id))
 
 
-# ------------------------------------------------------------------------------ images
-def _image_view(msg, dtype: str, channels: int, what: str) -> np.ndarray:
-    """Zero-copy (H, W[, C]) view of ``msg.data`` honouring ``step`` and ``is_bigendian``."""
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    item = np.dtype(dtype).itemsize
-    bpp = item * channels
-    if h <= 0 or w <= 0:
-        raise DecodeError(SIZE_MISMATCH, f"{what} image is {w}x{h}: width and height must be > 0")
-    if step < w * bpp:
-        raise DecodeError(SIZE_MISMATCH, f"{what} image step {step} B is smaller than width {w} x "
-                          f"{bpp} B/pixel ({msg.encoding}) = {w * bpp} B")
-    buf = msg.data
-    n = memoryview(buf).nbytes
-    if n < step * h:
-        raise DecodeError(SIZE_MISMATCH, f"{what} image data has {n} B, expected step {step} x "
-                          f"height {h} = {step * h} B")
-    dt = np.dtype(dtype)
-    if item > 1:
-        dt = dt.newbyteorder(">" if msg.is_bigendian else "<")
-    if channels == 1:
-        return np.ndarray((h, w), dt, buf, 0, (step, item))
-    return np.ndarray((h, w, channels), dt, buf, 0, (step, bpp, item))
-
-
-def depth_raw_from_msg(msg) -> Tuple[np.ndarray, float]:
-    """Zero-copy view of a depth image in its own units and the scale to metres
-    (``uint16`` mm and 1e-3, or ``float32`` m and 1.0); byte order as in the message."""
-    enc = DEPTH_ENCODINGS.get(msg.encoding)
-    if enc is None:
-        raise DecodeError(DEPTH_ENCODING, f"depth encoding {msg.encoding!r} is not supported; "
-                          f"supported (REP-118): {', '.join(DEPTH_ENCODINGS)}")
-    return _image_view(msg, enc[0], 1, "depth"), enc[1]
-
-
-def depth_from_msg(msg) -> np.ndarray:
-    """(H, W) float32 metres, invalid = 0 (REP-118: 0 mm for integer depth, NaN/Inf for float)."""
-    raw, scale = depth_raw_from_msg(msg)
-    if raw.dtype.kind == "u":
-        return np.multiply(raw, np.float32(scale), dtype=np.float32)
-    d = raw.astype(np.float32)  # native order, contiguous, a copy (never write into msg.data)
-    bad = ~np.isfinite(d)
-    bad |= d < 0
-    d[bad] = 0.0
-    return d
-
-
-def color_from_msg(msg) -> np.ndarray:
-    """(H, W, 3) uint8 RGB.  ``rgb8`` without row padding is a zero-copy view of ``msg.data``."""
-    enc = COLOR_ENCODINGS.get(msg.encoding)
-    if enc is None:
-        raise DecodeError(COLOR_ENCODING, f"color encoding {msg.encoding!r} is not supported; "
-                          f"supported: {', '.join(COLOR_ENCODINGS)}")
-    ch, order = enc
-    img = _image_view(msg, "u1", ch, "color")
-    if ch == 1:
-        return np.repeat(img[:, :, None], 3, axis=2)
-    if order == (0, 1, 2):
-        img = img[:, :, :3]
-    else:
-        img = img[:, :, 2::-1]  # bgr8 / bgra8: B, G, R -> R, G, B
-    return np.ascontiguousarray(img)
-
-
-# ------------------------------------------------------------------------ camera info
-def intrinsics_from_camera_info(msg, image_size: Optional[Tuple[int, int]] = None) -> CameraIntrinsics:
-    """Intrinsics of the image the camera_info describes.
-
-    ``K`` (row-major 3x3) is for the full-resolution sensor; as in ``image_geometry``, a
-    ``roi`` (used when ``roi.width > 0``) shifts the principal point by its offset and sets
-    the size, then ``binning_x/y`` (0 or 1 = none) divide focal lengths, principal point and
-    size.  ``image_size = (width, height)`` of the image it comes with must match the result.
-    """
-    try:
-        K = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise DecodeError(BAD_CAMERA_INFO, "camera_info K is not numeric") from None
-    if K.size != 9:
-        raise DecodeError(BAD_CAMERA_INFO, f"camera_info K must have 9 values, got {K.size}")
-    if not np.all(np.isfinite(K)):
-        raise DecodeError(BAD_CAMERA_INFO, f"camera_info K has non-finite values: {K.tolist()}")
-    if K[0] <= 0 or K[4] <= 0:
-        raise DecodeError(BAD_CAMERA_INFO, f"camera_info K has fx={K[0]}, fy={K[4]}: the camera is "
-                          "uncalibrated (K[0] == 0) or K is malformed")
-    width, height = int(msg.width), int(msg.height)
-    fx, fy, cx, cy = float(K[0]), float(K[4]), float(K[2]), float(K[5])
-    roi = msg.roi
-    if roi.width > 0 or roi.height > 0:
-        if roi.width == 0 or roi.height == 0:
-            raise DecodeError(BAD_CAMERA_INFO, f"camera_info roi is {roi.width}x{roi.height}")
-        if width and height and (roi.x_offset + roi.width > width or roi.y_offset + roi.height > height):
-            raise DecodeError(BAD_CAMERA_INFO, f"camera_info roi ({roi.x_offset}, {roi.y_offset}, "
-                              f"{roi.width}x{roi.height}) exceeds the {width}x{height} sensor")
-        cx -= roi.x_offset
-        cy -= roi.y_offset
-        width, height = int(roi.width), int(roi.height)
-    bx = max(int(msg.binning_x), 1)
-    by = max(int(msg.binning_y), 1)
-    if bx > 1:
-        fx, cx, width = fx / bx, cx / bx, width // bx
-    if by > 1:
-        fy, cy, height = fy / by, cy / by, height // by
-    if width <= 0 or height <= 0:
-        raise DecodeError(BAD_CAMERA_INFO, f"camera_info size is {width}x{height} (after roi/binning)")
-    if image_size is not None and (int(image_size[0]), int(image_size[1])) != (width, height):
-        raise DecodeError(SIZE_MISMATCH, f"image is {image_size[0]}x{image_size[1]} but its "
-                          f"camera_info describes {width}x{height} (binning {bx}x{by}, roi "
-                          f"{roi.width}x{roi.height}+{roi.x_offset}+{roi.y_offset})")
-    try:
-        return CameraIntrinsics(width, height, fx, fy, cx, cy)
-    except ValueError as exc:
-        raise DecodeError(BAD_CAMERA_INFO, f"camera_info: {exc}") from None
-
-
-def has_distortion(msg, tol: float = 1e-9) -> bool:
-    """True when the camera_info declares non-zero distortion (the core assumes pinhole)."""
-    return any(abs(float(v)) > tol for v in msg.d)
+# ------------------------------------------------------------------ images, camera info
+# depth_raw_from_msg, depth_from_msg, color_from_msg, intrinsics_from_camera_info and
+# has_distortion are the core's (neural_mapping.msg_decode, imported above): one copy of the
+# decoding, shared with the bag reader.
 
 
 def check_registered(depth_shape: Sequence[int], color_shape: Sequence[int],

@@ -104,7 +104,7 @@ class TrackingConfig:
 
     tracking_width_px: int = param(320, "The frame is block-averaged to about this width before "
                                    "the pyramid (640 -> 320).", unit="px", lo=32, hi=4096)
-    tracking_model_width_px: int = param(160, "Width of the raycast of the map that frames are "
+    tracking_model_width_px: int = param(80, "Width of the raycast of the map that frames are "
                                          "aligned to (the model view).", unit="px", lo=32, hi=4096)
     tracking_point_stride: int = param(1, "Use every n-th valid pixel of the finest pyramid level "
                                        "(its iterations dominate the tracking time).", lo=1, hi=64)

@@ -53,7 +53,7 @@ from .types import CameraIntrinsics
 class TrackerConfig:
     base_width: int = 320
     """The frame is block-averaged to this width (640 -> 320) before the pyramid."""
-    model_width: int = 160
+    model_width: int = 80
     """Width of the raycast made by :meth:`Tracker.predict` (the model view)."""
     finest_stride: int = 1
     """Use every n-th valid pixel of the finest pyramid level (its steps dominate the cost)."""

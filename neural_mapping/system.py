@@ -58,6 +58,19 @@ class PoseResult:
 
 
 @dataclass
+class MapSnapshot:
+    """A private copy of the map (``MappingSystem.snapshot()``) at map ``version``."""
+
+    version: int
+    frames_integrated: int
+    grid: object  # grid.VoxelBlockGrid, owned by the reader
+
+    def mesh(self):
+        from .meshing import extract_mesh
+        return extract_mesh(self.grid)
+
+
+@dataclass
 class ModelPrediction:
     """A raycast of the map at ``T_world_cam`` after ``frames_integrated`` frames."""
 
@@ -70,7 +83,7 @@ class ModelPrediction:
 
 class MappingSystem:
     """Core mapping API: ``submit(frame)``, ``submit_pose``, ``latest_pose``, ``mesh``,
-    ``save``/``load``, ``reset``, ``close``.  Usable as a context manager."""
+    ``snapshot``, ``save``/``load``, ``reset``, ``close``.  Usable as a context manager."""
 
     def __init__(self, config: Optional[MappingConfig] = None,
                  on_pose: Optional[Callable[[PoseResult], None]] = None,
@@ -192,11 +205,30 @@ class MappingSystem:
         with self.map_lock:
             return self.mesh_cache.update(self.volume.grid, max_blocks)
 
+    def snapshot(self) -> "MapSnapshot":
+        """The map as of now, as the reader's own copy: meshing, querying or saving it never
+        blocks the mapping thread (only the copy is made under ``map_lock``)."""
+        from .grid import VoxelBlockGrid
+        with self.map_lock:
+            state, version, frames = self._grid_state_copy(), self.version, self.frames_integrated
+        grid = VoxelBlockGrid.from_state_dict(state, device=self.device,
+                                              max_capacity=self.config.grid.max_capacity_blocks)
+        return MapSnapshot(version, frames, grid)
+
+    def _grid_state_copy(self) -> dict:
+        """``grid.state_dict()`` with copied tensors (on CPU it holds views of the live pool,
+        which the mapping thread keeps writing once the lock is released).  Hold map_lock."""
+        state = self.volume.grid.state_dict()
+        state["block_coords"] = state["block_coords"].clone()
+        state["attrs"] = {k: v.clone() for k, v in state["attrs"].items()}
+        return state
+
     def save(self, path) -> None:
-        """Save the map, its config and the trajectory (torch.save)."""
+        """Save the map, its config and the trajectory (torch.save; the map is copied under the
+        lock and written after it, so a save never stalls mapping for the disk)."""
         with self.map_lock:
             state = {"format": "neural_mapping.map/1", "config": self.config.to_flat(),
-                     "grid": self.volume.grid.state_dict(), "version": self.version,
+                     "grid": self._grid_state_copy(), "version": self.version,
                      "trajectory": [(p.stamp, p.T_world_cam, p.status) for p in self.trajectory]}
         torch.save(state, str(path))
 

@@ -144,6 +144,29 @@ def test_reset_and_save_load_roundtrip(tmp_path):
             s2.load(tmp_path / "bad.pt")
 
 
+def test_snapshot_is_a_private_copy_at_a_version():
+    with MappingSystem(cfg(sync_mode="strict")) as system:
+        for i in range(3):
+            f = wall_frame(i)
+            system.submit_pose(f.timestamp, f.pose)
+            system.submit(f)
+        system.flush(timeout=30)
+        snap = system.snapshot()
+        assert (snap.version, snap.frames_integrated) == (system.version, 3)
+        live = system.mesh()
+        m0 = snap.mesh()
+        np.testing.assert_allclose(np.sort(m0.vertices, axis=0), np.sort(live.vertices, axis=0), atol=1e-6)
+        w0 = snap.grid.active("weight").sum().item()
+        for i in range(3, 6):  # the map moves on; the snapshot does not
+            f = wall_frame(i, z=0.8)
+            system.submit_pose(f.timestamp, f.pose)
+            system.submit(f)
+        system.flush(timeout=30)
+        assert system.volume.grid.active("weight").sum().item() > w0
+        assert snap.grid.active("weight").sum().item() == w0
+        np.testing.assert_array_equal(snap.mesh().vertices, m0.vertices)
+
+
 def test_bad_external_pose_dropped_and_counted():
     with MappingSystem(cfg()) as system:
         T = np.eye(4)

@@ -32,7 +32,7 @@ $(STAMP): requirements.txt setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m neural_mapping.cli run $(if $(DATA),$(DATA),synthetic) --out $(OUT) $(if $(FRAMES),--max-frames $(FRAMES)) $(ARGS)
+	$(PY) -m neural_mapping.app.cli run $(if $(DATA),$(DATA),synthetic) --out $(OUT) $(if $(FRAMES),--max-frames $(FRAMES)) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q test $(ARGS)

@@ -25,7 +25,7 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "neural-mapping = neural_mapping.cli:main",
+            "neural-mapping = neural_mapping.app.cli:main",
             "mapping_node = neural_mapping.ros.node:main",
         ],
     },

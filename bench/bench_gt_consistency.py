@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from neural_mapping.datasets import open_dataset  # noqa: E402
 from neural_mapping.geometry import pose_distance  # noqa: E402
-from neural_mapping.tracking import Tracker  # noqa: E402
-from neural_mapping.tsdf import TSDFVolume  # noqa: E402
+from neural_mapping.tracking.tracker import Tracker  # noqa: E402
+from neural_mapping.backends.tsdf.volume import TSDFVolume  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 SEQUENCES = {"7scenes": DATA / "7scenes_redkitchen", "tum": DATA / "tum_fr1_xyz", "synthetic": "synthetic"}

@@ -11,7 +11,7 @@ once; loading is not timed), for each voxel size, in one run:
   ``o3d.t.geometry.VoxelBlockGrid`` (tsdf/weight/color float32, block
   resolution 8, same truncation via ``trunc_voxel_multiplier``, same
   ``depth_max``, depth scale 1000, extrinsic = inv(GT pose)), same warm-up;
-* full-mesh extraction time of both (ours: ``neural_mapping.meshing.extract_mesh``);
+* full-mesh extraction time of both (ours: ``neural_mapping.products.meshing.extract_mesh``);
 * GIL: a second Python thread counts iterations of a pure-Python loop (each
   iteration ends in ``time.sleep(0)``, which lets the GIL go) while the main
   thread integrates; its rate is compared with the rate measured while the
@@ -45,7 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from neural_mapping.tsdf import TSDFVolume, touched_blocks  # noqa: E402
+from neural_mapping.backends.tsdf.volume import TSDFVolume, touched_blocks  # noqa: E402
 from neural_mapping.types import CameraIntrinsics, depth_from_uint16  # noqa: E402
 
 
@@ -262,7 +262,7 @@ def main():
 
     K, frames = load_frames(args.data, args.frames)
     try:
-        from neural_mapping.meshing import extract_mesh
+        from neural_mapping.products.meshing import extract_mesh
     except ImportError:
         extract_mesh = None
     have_o3d = not args.no_open3d
@@ -305,7 +305,7 @@ def main():
                 tri = mesh[1]
             run["ours_mesh_triangles"] = int(len(tri)) if tri is not None else None
         elif extract_mesh is None:
-            run["ours_mesh_note"] = "neural_mapping.meshing not available"
+            run["ours_mesh_note"] = "neural_mapping.products.meshing not available"
         del vol
         run["ours_gil_share"], _ = gil_share(ours_step(K, frames, vs, args), args.gil_seconds)
         if have_o3d:

@@ -1,4 +1,4 @@
-"""Mesh extraction benchmark: neural_mapping.meshing vs Open3D VoxelBlockGrid.extract_triangle_mesh.
+"""Mesh extraction benchmark: neural_mapping.products.meshing vs Open3D VoxelBlockGrid.extract_triangle_mesh.
 
 Open3D integrates the first N frames of 7-Scenes redkitchen (../shared/data); its
 voxels are then copied into a VoxelBlockGrid, so both extract the very same TSDF.
@@ -40,8 +40,8 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from neural_mapping.grid import VoxelBlockGrid  # noqa: E402
-from neural_mapping.meshing import extract_mesh  # noqa: E402
+from neural_mapping.grid.voxel_grid import VoxelBlockGrid  # noqa: E402
+from neural_mapping.products.meshing import extract_mesh  # noqa: E402
 
 
 def integrate_open3d(data: Path, frames: int, voxel: float, trunc_vox: float, depth_max: float,
@@ -167,9 +167,9 @@ def _tiled_grid(grid: VoxelBlockGrid, tiles: int) -> VoxelBlockGrid:
 
 def run_incremental(args) -> None:
     from neural_mapping.datasets import SevenScenes
-    from neural_mapping.mesh_cache import MeshCache, MeshUpdate, unpack_block_keys
-    from neural_mapping.meshing import extract_block_meshes
-    from neural_mapping.tsdf import TSDFVolume
+    from neural_mapping.products.mesh_cache import MeshCache, MeshUpdate, unpack_block_keys
+    from neural_mapping.products.meshing import extract_block_meshes
+    from neural_mapping.backends.tsdf.volume import TSDFVolume
 
     try:
         from neural_mapping.ros.mesh_publisher import MeshPublisherState

@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO))
 
 from neural_mapping.config import OccupancyConfig  # noqa: E402
 from neural_mapping.datasets import open_dataset  # noqa: E402
-from neural_mapping import occupancy as O  # noqa: E402
-from neural_mapping.tsdf import TSDFVolume  # noqa: E402
+from neural_mapping.products import occupancy as O  # noqa: E402
+from neural_mapping.backends.tsdf.volume import TSDFVolume  # noqa: E402
 
 GRAVITY_7SCENES = np.array([-0.0089, 0.9044, 0.4265])
 

@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from neural_mapping.config import MappingConfig  # noqa: E402
 from neural_mapping.datasets import open_dataset  # noqa: E402
-from neural_mapping.evaluation import trajectory_metrics  # noqa: E402
+from neural_mapping.io.evaluation import trajectory_metrics  # noqa: E402
 from neural_mapping.geometry import so3_exp  # noqa: E402
-from neural_mapping.pipeline import run  # noqa: E402
+from neural_mapping.app.pipeline import run  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 SEQUENCES = {"7scenes": DATA / "7scenes_redkitchen", "tum": DATA / "tum_fr1_xyz"}

@@ -5,7 +5,7 @@ For each sequence (TUM fr1/xyz, all 798 frames; 7-Scenes redkitchen 0-499, as sh
 ../shared/data), loaded once with the package's dataset loaders (TUM undistorted, as
 ``neural-mapping run`` does; ``--no-undistort`` to feed raw images) and preloaded in memory:
 
-* **ours**: :class:`neural_mapping.system.MappingSystem`, ``pose_source=track``, the real
+* **ours**: :class:`neural_mapping.system.mapping_system.MappingSystem`, ``pose_source=track``, the real
   tracking and mapping threads.  ``strict`` (default): every frame tracked and integrated in
   order, deterministic; with ``model_lag_frames`` 1 frame k is tracked against the map holding
   frames up to k-2 while the mapping thread integrates frame k-1 (both cores busy).  frames/s is
@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO))
 
 from neural_mapping.config import MappingConfig  # noqa: E402
 from neural_mapping.datasets import open_dataset  # noqa: E402
-from neural_mapping.evaluation import trajectory_metrics  # noqa: E402
-from neural_mapping.io import write_tum_trajectory  # noqa: E402
-from neural_mapping.system import MappingSystem  # noqa: E402
+from neural_mapping.io.evaluation import trajectory_metrics  # noqa: E402
+from neural_mapping.io.images import write_tum_trajectory  # noqa: E402
+from neural_mapping.system.mapping_system import MappingSystem  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 SEQUENCES = {"tum": DATA / "tum_fr1_xyz", "7scenes": DATA / "7scenes_redkitchen"}

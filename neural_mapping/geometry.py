@@ -189,7 +189,7 @@ def se3_log(T) -> np.ndarray:
 def interpolate_pose(T0, T1, alpha: float) -> np.ndarray:
     """Pose between ``T0`` (alpha = 0) and ``T1`` (alpha = 1): translation lerp, rotation
     slerp (``R0 exp(alpha log(R0^T R1))``).  ``alpha`` outside [0, 1] extrapolates; callers
-    that must never extrapolate (:class:`~neural_mapping.pose_buffer.PoseBuffer`) check it."""
+    that must never extrapolate (:class:`~neural_mapping.system.pose_buffer.PoseBuffer`) check it."""
     T0 = np.asarray(T0, dtype=np.float64)
     T1 = np.asarray(T1, dtype=np.float64)
     R0, R1 = T0[:3, :3], T1[:3, :3]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from neural_mapping.bags import EPOCH_OFFSET_S, OPTICAL_FRAME, bag_topics, make_bag
-from neural_mapping.cli import main
+from neural_mapping.io.bags import EPOCH_OFFSET_S, OPTICAL_FRAME, bag_topics, make_bag
+from neural_mapping.app.cli import main
 from neural_mapping.datasets import DatasetError, RosbagDataset, detect_format, open_dataset
 from neural_mapping.datasets.rosbag import decode_color, decode_depth, typestore
 from neural_mapping.geometry import interpolate_pose, orthonormalize, pose_from_tq, rot_to_quat
-from neural_mapping.io import read_tum_trajectory
+from neural_mapping.io.images import read_tum_trajectory
 
 N = 30
 TOPICS = {"/camera/depth/image_raw": "sensor_msgs/msg/Image",
@@ -382,7 +382,7 @@ def test_rclpy_reads_the_bag_like_the_node(bags, kitchen):
 
 
 def test_core_bag_modules_import_no_ros():
-    code = ("import sys, neural_mapping.bags, neural_mapping.datasets, neural_mapping.cli\n"
+    code = ("import sys, neural_mapping.io.bags, neural_mapping.datasets, neural_mapping.app.cli\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rosidl_runtime_py') or "
             "m.split('.')[0].endswith('_msgs') or m.startswith('neural_mapping.ros'))\n"
             "assert not bad, bad\n")

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from neural_mapping.cli import build_parser, main
+from neural_mapping.app.cli import build_parser, main
 from neural_mapping.config import MappingConfig, flag_name, leaf_fields
 from neural_mapping.datasets import SUPPORTED_LAYOUTS, SyntheticRoom
-from neural_mapping.io import read_tum_trajectory, write_tum_trajectory
+from neural_mapping.io.images import read_tum_trajectory, write_tum_trajectory
 
 RUN_OUTPUTS = ("mesh.ply", "poses.txt", "config.yaml", "metrics.json", "trajectory.png",
                "view_color.png", "view_shaded.png", "view_last_color.png", "view_last_shaded.png",
@@ -46,7 +46,7 @@ def test_parser_has_no_duplicate_options():
 
 
 def test_module_entry_point():
-    out = subprocess.run([sys.executable, "-m", "neural_mapping.cli", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "neural_mapping.app.cli", "--help"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "run" in out.stdout and "eval" in out.stdout
 
@@ -110,15 +110,15 @@ def test_run_seven_scenes_end_to_end(redkitchen, tmp_path, capsys):
     im = np.asarray(Image.open(out / "view_last_color.png"))
     assert (im.sum(axis=2) > 0).mean() > 0.3  # the last camera sees its own map
     # the Nav2 map pair loads back and agrees with the metrics
-    from neural_mapping.occupancy import load_nav2_map
+    from neural_mapping.products.occupancy import load_nav2_map
     grid = load_nav2_map(out / "occupancy.yaml")
     assert grid.resolution_m == pytest.approx(m["occupancy_resolution_m"])
     assert int((grid.data == 100).sum()) == m["occupancy_occupied_cells"] > 0
 
 
 def test_pipeline_synthetic_mesh_matches_ground_truth(tmp_path):
-    from neural_mapping.evaluation import mesh_accuracy
-    from neural_mapping.pipeline import run
+    from neural_mapping.io.evaluation import mesh_accuracy
+    from neural_mapping.app.pipeline import run
 
     ds = SyntheticRoom(num_frames=120, width=160, height=120, stride=8)
     cfg = MappingConfig.from_flat({"voxel_size_m": 0.04, "depth_max_m": 5.0, "device": "cpu"})
@@ -150,7 +150,7 @@ def test_eval_command(tmp_path, capsys):
 def test_pipeline_skips_frames_without_pose(tmp_path):
     from test_datasets import _make_tum
 
-    from neural_mapping.pipeline import run
+    from neural_mapping.app.pipeline import run
 
     root = _make_tum(tmp_path / "rgbd_dataset_freiburg3_tiny", n=4, gt_span=(0.9, 1.05), with_rgb_gap=True)
     res = run(str(root), MappingConfig.from_flat({"device": "cpu"}), out_dir=tmp_path / "o",
@@ -162,7 +162,7 @@ def test_pipeline_skips_frames_without_pose(tmp_path):
 
 
 def test_birds_eye_view_sees_the_points():
-    from neural_mapping.pipeline import birds_eye_view, look_at
+    from neural_mapping.app.pipeline import birds_eye_view, look_at
 
     T = look_at([0, 0, 2], [1, 0, 0], [0, 0, 1])
     np.testing.assert_allclose(T[:3, 2], np.array([1, 0, -2]) / np.sqrt(5))

@@ -10,7 +10,7 @@ from neural_mapping.datasets import (SUPPORTED_LAYOUTS, DatasetError, SevenScene
                                      TUMRGBD, detect_format, open_dataset, select_indices)
 from neural_mapping.datasets.tum import Undistorter, associate
 from neural_mapping.geometry import inv_pose, pose_distance
-from neural_mapping.io import read_depth_png
+from neural_mapping.io.images import read_depth_png
 from neural_mapping.types import CameraIntrinsics, check_pose
 
 

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from neural_mapping.evaluation import (TRAJECTORY_KEYS, evaluate_trajectory, evaluate_tum_files,
+from neural_mapping.io.evaluation import (TRAJECTORY_KEYS, evaluate_trajectory, evaluate_tum_files,
                                        mesh_accuracy, mesh_to_mesh_distances, plot_trajectories,
                                        trajectory_metrics, write_evaluation)
 from neural_mapping.geometry import make_pose, se3_exp, so3_exp
-from neural_mapping.io import read_tum_trajectory, write_tum_trajectory
+from neural_mapping.io.images import read_tum_trajectory, write_tum_trajectory
 
 
 def _trajectory(n=200, seed=0):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from neural_mapping import kernels
-from neural_mapping.raycast import raycast
-from neural_mapping.tracking import Tracker
+from neural_mapping.grid.raycast import raycast
+from neural_mapping.tracking.tracker import Tracker
 
 from _synthetic_scene import K_QVGA as K, render_depth
 from test_tracking import T0
@@ -25,7 +25,7 @@ def test_image_kernels_match_eager():
 
 
 def test_march_and_icp_match_eager(monkeypatch):
-    from neural_mapping.tsdf import TSDFVolume
+    from neural_mapping.backends.tsdf.volume import TSDFVolume
     d0 = render_depth(T0, K)
     vol = TSDFVolume(voxel_size_m=0.02, truncation_m=0.08, depth_max_m=4.0, device="cpu")
     vol.integrate(d0, K, T0)
@@ -38,7 +38,7 @@ def test_march_and_icp_match_eager(monkeypatch):
     torch.testing.assert_close(scripted.depth, eager.depth, rtol=0, atol=1e-6)
     monkeypatch.undo()
 
-    from neural_mapping.tsdf import trilinear
+    from neural_mapping.backends.tsdf.volume import trilinear
     pts = scripted.points_world[scripted.valid].T.contiguous()
     a = trilinear(vol.grid, pts, with_grad=True)
     monkeypatch.setattr(kernels, "trilinear", kernels.trilinear.eager)

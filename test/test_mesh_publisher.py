@@ -17,11 +17,11 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
-from neural_mapping.grid import VoxelBlockGrid  # noqa: E402
-from neural_mapping.mesh_cache import MeshCache, MeshUpdate  # noqa: E402
+from neural_mapping.grid.voxel_grid import VoxelBlockGrid  # noqa: E402
+from neural_mapping.products.mesh_cache import MeshCache, MeshUpdate  # noqa: E402
 from neural_mapping.ros import fast_cdr as fc  # noqa: E402
 from neural_mapping.ros.mesh_publisher import MeshPublisherState  # noqa: E402
-from neural_mapping.tsdf import voxel_offsets  # noqa: E402
+from neural_mapping.backends.tsdf.volume import voxel_offsets  # noqa: E402
 
 
 # ------------------------------------------------------------------ scene

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from neural_mapping.grid import VoxelBlockGrid
-from neural_mapping.meshing import (
+from neural_mapping.grid.voxel_grid import VoxelBlockGrid
+from neural_mapping.products.meshing import (
     CORNER_OFFSETS, EDGE_CORNERS, BlockMeshes, Mesh, build_case_tables, decode_edge_keys,
     dependent_slots, edge_keys, extract_block_meshes, extract_mesh, mesh_to_open3d, write_ply)
 

@@ -1,4 +1,4 @@
-"""neural_mapping.msg_decode: the one pure-numpy Image / CameraInfo decoding shared by the bag
+"""neural_mapping.io.msg_decode: the one pure-numpy Image / CameraInfo decoding shared by the bag
 reader and the ROS node, fed plain objects with the message fields (no ROS needed)."""
 
 import array
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from neural_mapping import msg_decode as md
+from neural_mapping.io import msg_decode as md
 from neural_mapping.types import CameraIntrinsics
 
 

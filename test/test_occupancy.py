@@ -14,10 +14,10 @@ import pytest
 import yaml
 from scipy.spatial import ConvexHull
 
-from neural_mapping import occupancy as O
+from neural_mapping.products import occupancy as O
 from neural_mapping.config import MappingConfig, OccupancyConfig
 from neural_mapping.datasets.synthetic import SyntheticRoom
-from neural_mapping.tsdf import TSDFVolume
+from neural_mapping.backends.tsdf.volume import TSDFVolume
 
 VOXEL = 0.02
 

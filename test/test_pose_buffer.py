@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from neural_mapping import geometry as g
-from neural_mapping.pose_buffer import PoseBuffer
+from neural_mapping.system.pose_buffer import PoseBuffer
 
 AXIS = np.array([1.0, 2.0, -0.5]) / np.linalg.norm([1.0, 2.0, -0.5])
 OMEGA = 0.7  # rad/s about AXIS

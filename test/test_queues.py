@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from neural_mapping.queues import Closed, DropOldestQueue
+from neural_mapping.system.queues import Closed, DropOldestQueue
 
 
 def test_drop_oldest_counts_and_keeps_newest():

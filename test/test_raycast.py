@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from neural_mapping.raycast import RaycastResult, depth_range_from_depth, raycast, render_shaded
-from neural_mapping.tsdf import TSDFVolume
+from neural_mapping.grid.raycast import RaycastResult, depth_range_from_depth, raycast, render_shaded
+from neural_mapping.backends.tsdf.volume import TSDFVolume
 from neural_mapping.types import CameraIntrinsics, depth_from_uint16
 
 from test_tsdf import K_MED, TILTED_C, TILTED_N, TRUNC, VOX, look_at, plane_depth, sphere_depth, volume

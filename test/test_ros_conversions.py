@@ -15,7 +15,7 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from neural_mapping.geometry import pose_from_tq, rot_to_quat, so3_exp  # noqa: E402
-from neural_mapping.pose_buffer import PoseBuffer  # noqa: E402
+from neural_mapping.system.pose_buffer import PoseBuffer  # noqa: E402
 from neural_mapping.ros import conversions as cv  # noqa: E402
 from neural_mapping.types import CameraIntrinsics, RGBDFrame  # noqa: E402
 

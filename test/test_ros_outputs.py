@@ -16,11 +16,11 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from neural_mapping.config import MappingConfig  # noqa: E402
 from neural_mapping.datasets import SyntheticRoom  # noqa: E402
-from neural_mapping.occupancy import load_nav2_map  # noqa: E402
+from neural_mapping.products.occupancy import load_nav2_map  # noqa: E402
 from neural_mapping.ros.fast_cdr import pointcloud2_to_array  # noqa: E402
 from neural_mapping.ros.outputs import MAP_QOS, MESH_QOS, MapOutputs  # noqa: E402
 from neural_mapping.ros.params import NodeConfig  # noqa: E402
-from neural_mapping.system import MappingSystem  # noqa: E402
+from neural_mapping.system.mapping_system import MappingSystem  # noqa: E402
 
 
 def feed(system, room, frames):

@@ -9,9 +9,9 @@ import numpy as np
 
 from neural_mapping.config import MappingConfig
 from neural_mapping.datasets import SyntheticRoom
-from neural_mapping.evaluation import mesh_to_mesh_distances
-from neural_mapping.meshing import extract_mesh
-from neural_mapping.tsdf import TSDFVolume
+from neural_mapping.io.evaluation import mesh_to_mesh_distances
+from neural_mapping.products.meshing import extract_mesh
+from neural_mapping.backends.tsdf.volume import TSDFVolume
 
 VOX = 0.02
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from neural_mapping.config import MappingConfig
-from neural_mapping.system import MappingSystem, WorkerError
+from neural_mapping.system.mapping_system import MappingSystem, WorkerError
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
 INTR = CameraIntrinsics(80, 60, 60.0, 60.0, 39.5, 29.5)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from neural_mapping.config import MappingConfig
-from neural_mapping.pipeline import run
+from neural_mapping.app.pipeline import run
 
 # Measured on frames 0-99 at 2 cm (strict mode, CPU): 0.97 cm (7-Scenes), 1.29 cm (TUM,
 # undistorted); the limits leave about 1.5-2x margin.

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from neural_mapping import geometry as g
-from neural_mapping.tracking import ModelView, Tracker, TrackerConfig, downsample_depth
+from neural_mapping.tracking.tracker import ModelView, Tracker, TrackerConfig, downsample_depth
 
 from _synthetic_scene import K_QVGA as K, render_depth as _render
 
@@ -183,7 +183,7 @@ def test_real_frames_against_raycast_model(redkitchen):
     """7-Scenes: map frames 0..2 at their ground-truth poses (TSDF + raycast), then track frames
     3..5 from the previous ground-truth pose; each relative pose matches ground truth."""
     from neural_mapping.geometry import orthonormalize
-    from neural_mapping.tsdf import TSDFVolume
+    from neural_mapping.backends.tsdf.volume import TSDFVolume
     from neural_mapping.types import CameraIntrinsics
 
     K = CameraIntrinsics.from_matrix(np.loadtxt(redkitchen / "camera-intrinsics.txt"), 640, 480)

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-from .base import Dataset, DatasetError, select_indices
-from .rosbag import LAYOUT_HELP as _ROSBAG_LAYOUT
-from .rosbag import RosbagDataset, is_rosbag
-from .seven_scenes import SevenScenes, is_seven_scenes
-from .synthetic import SyntheticRoom
-from .tum import TUMRGBD, is_tum
+from neural_mapping.datasets.base import Dataset, DatasetError, select_indices
+from neural_mapping.datasets.rosbag import LAYOUT_HELP as _ROSBAG_LAYOUT
+from neural_mapping.datasets.rosbag import RosbagDataset, is_rosbag
+from neural_mapping.datasets.seven_scenes import SevenScenes, is_seven_scenes
+from neural_mapping.datasets.synthetic import SyntheticRoom
+from neural_mapping.datasets.tum import TUMRGBD, is_tum
 
 __all__ = ["Dataset", "DatasetError", "SevenScenes", "TUMRGBD", "SyntheticRoom", "RosbagDataset",
            "open_dataset",

@@ -21,7 +21,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from ..types import CameraIntrinsics, RGBDFrame
+from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
 
 class DatasetError(ValueError):

@@ -4,7 +4,7 @@
 ``.mcap`` / ``.db3`` file with `rosbags <https://pypi.org/project/rosbags/>`_ (pure
 Python, its own type store): no ROS installation, no ``rclpy``, no ``*_msgs``
 packages.  ``neural-mapping replay BAG`` maps it with the offline pipeline, and
-``neural-mapping make-bag`` (:mod:`neural_mapping.bags`) writes such bags from the
+``neural-mapping make-bag`` (:mod:`neural_mapping.io.bags`) writes such bags from the
 dataset folders.
 
 Topics (defaults are the ones ``make-bag`` writes; all configurable):
@@ -37,7 +37,7 @@ messages are read from the first CDR bytes, camera_info and pose messages are
 small and decoded); ``ds[i]`` then fetches the two image messages of frame ``i``
 by their record time.  Memory stays small whatever the bag size.
 
-Images and camera_info are decoded by :mod:`neural_mapping.msg_decode`, the same
+Images and camera_info are decoded by :mod:`neural_mapping.io.msg_decode`, the same
 pure-numpy code the ROS node uses (through :mod:`neural_mapping.ros.conversions`),
 written against the plain message fields so the core never imports ROS.
 """
@@ -54,11 +54,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import msg_decode
-from ..geometry import interpolate_pose, pose_from_tq
-from ..types import CameraIntrinsics, RGBDFrame
-from .base import Dataset, DatasetError, select_indices, stack_poses
-from .tum import associate
+from neural_mapping.io import msg_decode
+from neural_mapping.geometry import interpolate_pose, pose_from_tq
+from neural_mapping.types import CameraIntrinsics, RGBDFrame
+from neural_mapping.datasets.base import Dataset, DatasetError, select_indices, stack_poses
+from neural_mapping.datasets.tum import associate
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def header_stamp_ns_from_cdr(raw) -> Optional[int]:
 
 
 # ------------------------------------------------------------------------- decoding
-# The decoding itself is neural_mapping.msg_decode (shared with the ROS node); these wrap its
+# The decoding itself is neural_mapping.io.msg_decode (shared with the ROS node); these wrap its
 # DecodeError into the DatasetError the dataset API raises (same message, without the reason).
 @contextmanager
 def _as_dataset_error():

@@ -22,9 +22,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..io import image_size, read_color, read_depth_png
-from ..types import CameraIntrinsics, RGBDFrame, check_pose
-from .base import Dataset, DatasetError, select_indices
+from neural_mapping.io.images import image_size, read_color, read_depth_png
+from neural_mapping.types import CameraIntrinsics, RGBDFrame, check_pose
+from neural_mapping.datasets.base import Dataset, DatasetError, select_indices
 
 _FRAME_RE = re.compile(r"^frame-(\d+)\.pose\.txt$")
 FPS = 30.0

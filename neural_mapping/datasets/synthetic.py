@@ -35,8 +35,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..types import CameraIntrinsics, RGBDFrame
-from .base import Dataset, select_indices
+from neural_mapping.types import CameraIntrinsics, RGBDFrame
+from neural_mapping.datasets.base import Dataset, select_indices
 
 
 @dataclass

@@ -37,10 +37,10 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..geometry import interpolate_pose, pose_from_tq
-from ..io import image_size, read_color, read_depth_png, read_tum_list
-from ..types import CameraIntrinsics, RGBDFrame
-from .base import Dataset, DatasetError, select_indices, stack_poses
+from neural_mapping.geometry import interpolate_pose, pose_from_tq
+from neural_mapping.io.images import image_size, read_color, read_depth_png, read_tum_list
+from neural_mapping.types import CameraIntrinsics, RGBDFrame
+from neural_mapping.datasets.base import Dataset, DatasetError, select_indices, stack_poses
 
 # fx, fy, cx, cy, (k1, k2, p1, p2, k3) -- TUM "file formats" page (ROS plumb_bob order).
 TUM_CAMERAS: Dict[str, Tuple[Tuple[float, float, float, float], Tuple[float, ...]]] = {

@@ -11,7 +11,7 @@ Decoding (inputs):
   TransformStamped.
 
 The image and camera_info decoders (and :class:`DecodeError`) are the core's
-:mod:`neural_mapping.msg_decode`, re-exported here: one pure-numpy copy shared with the bag
+:mod:`neural_mapping.io.msg_decode`, re-exported here: one pure-numpy copy shared with the bag
 reader.  They read ``msg.data`` through ``np.ndarray(buffer=...)`` with the row ``step`` as
 stride and the byte order given by ``is_bigendian``: no copy until the one conversion to the
 output array (``rgb8`` without padding is returned as a zero-copy view).  Every rejected
@@ -33,12 +33,12 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..geometry import pose_from_tq, rot_to_quat
-from ..msg_decode import (BAD_CAMERA_INFO, COLOR_ENCODING, COLOR_ENCODINGS,  # noqa: F401 (API)
+from neural_mapping.geometry import pose_from_tq, rot_to_quat
+from neural_mapping.io.msg_decode import (BAD_CAMERA_INFO, COLOR_ENCODING, COLOR_ENCODINGS,  # noqa: F401 (API)
                           DEPTH_ENCODING, DEPTH_ENCODINGS, SIZE_MISMATCH, DecodeError,
                           color_from_msg, depth_from_msg, depth_raw_from_msg, has_distortion,
                           intrinsics_from_camera_info)
-from ..types import CameraIntrinsics
+from neural_mapping.types import CameraIntrinsics
 
 # Stable drop-counter keys (the image / camera_info ones come from msg_decode).
 NOT_REGISTERED = "not_registered"
@@ -84,7 +84,7 @@ def _header(frame_id: str, stamp):
 
 # ------------------------------------------------------------------ images, camera info
 # depth_raw_from_msg, depth_from_msg, color_from_msg, intrinsics_from_camera_info and
-# has_distortion are the core's (neural_mapping.msg_decode, imported above): one copy of the
+# has_distortion are the core's (neural_mapping.io.msg_decode, imported above): one copy of the
 # decoding, shared with the bag reader.
 
 

@@ -203,7 +203,7 @@ def serialize(msg, raw: Optional[Dict[Tuple[int, str], RawSeq]] = None,
 
 # ----------------------------------------------------------------------------- helpers
 def _stamp(stamp):
-    from .conversions import sec_to_stamp
+    from neural_mapping.ros.conversions import sec_to_stamp
     return sec_to_stamp(stamp)
 
 

@@ -1,4 +1,4 @@
-"""``mapping_node``: the ROS 2 front of :class:`neural_mapping.system.MappingSystem`.
+"""``mapping_node``: the ROS 2 front of :class:`neural_mapping.system.mapping_system.MappingSystem`.
 
 Thin by design: callbacks decode and enqueue (``system.submit``); the tracking
 and mapping threads do the work; publishers run on timers at their own rate
@@ -51,11 +51,11 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
-from ..system import MappingSystem, PoseResult
-from ..types import CameraIntrinsics, RGBDFrame
-from . import conversions as conv
-from .outputs import MapOutputs
-from .params import (NODE_NAME, config_from_node, declare_config_parameters,
+from neural_mapping.system.mapping_system import MappingSystem, PoseResult
+from neural_mapping.types import CameraIntrinsics, RGBDFrame
+from neural_mapping.ros import conversions as conv
+from neural_mapping.ros.outputs import MapOutputs
+from neural_mapping.ros.params import (NODE_NAME, config_from_node, declare_config_parameters,
                      format_effective_config, node_config_from_node)
 
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -391,7 +391,7 @@ class MappingNode(Node):
         return response
 
     def _save_mesh(self) -> str:
-        from ..meshing import write_ply
+        from neural_mapping.products.meshing import write_ply
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / "mesh.ply"
         mesh = self.system.mesh()

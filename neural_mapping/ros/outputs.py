@@ -32,10 +32,10 @@ from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from .. import occupancy as occ
-from . import conversions as conv
-from . import fast_cdr
-from .mesh_publisher import MeshPublisherState
+from neural_mapping.products import occupancy as occ
+from neural_mapping.ros import conversions as conv
+from neural_mapping.ros import fast_cdr
+from neural_mapping.ros.mesh_publisher import MeshPublisherState
 
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)

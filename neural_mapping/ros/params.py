@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from ..config import MappingConfig, _type_of, check_value, coerce, leaf_fields, param
+from neural_mapping.config import MappingConfig, _type_of, check_value, coerce, leaf_fields, param
 
 NODE_NAME = "neural_mapping"
 POSE_TOPIC_TYPES = ("PoseStamped", "Odometry", "TransformStamped")

@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .types import CameraIntrinsics
+from neural_mapping.types import CameraIntrinsics
 
 # Stable reason keys (the node's drop counters).
 DEPTH_ENCODING = "depth_encoding"

@@ -42,9 +42,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from . import kernels
-from .geometry import inv_pose, orthonormalize, pose_distance, se3_exp
-from .types import CameraIntrinsics
+from neural_mapping import kernels
+from neural_mapping.geometry import inv_pose, orthonormalize, pose_distance, se3_exp
+from neural_mapping.types import CameraIntrinsics
 
 # -------------------------------------------------------------------- config
 
@@ -380,7 +380,7 @@ class Tracker:
         resolution (the mapping thread makes it for the next :meth:`track`).  ``depth``: the frame just fused at
         ``T_world_cam``; its rays then march only near its depths (see
         ``raycast.depth_range_from_depth``), a few steps instead of the whole range."""
-        from .raycast import depth_range_from_depth, raycast
+        from neural_mapping.grid.raycast import depth_range_from_depth, raycast
         K = self.model_intrinsics(intrinsics)
         kw = dict(depth_min_m=self.config.depth_min_m, depth_max_m=self.config.depth_max_m,
                   with_color=False, one_lookup=True)

@@ -1,6 +1,6 @@
 """Offline mapping pipeline: dataset in, map + trajectory + metrics + pictures out.
 
-The same core as the ROS node (:class:`~neural_mapping.system.MappingSystem`,
+The same core as the ROS node (:class:`~neural_mapping.system.mapping_system.MappingSystem`,
 tracking thread + mapping thread), fed from a dataset in ``strict`` sync mode
 (every frame tracked then integrated, in order: deterministic).
 :func:`run` reads as a table of contents::
@@ -48,10 +48,10 @@ from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 
-from .config import MappingConfig
-from .datasets import Dataset, open_dataset
-from .io import save_png, write_json, write_tum_trajectory
-from .types import CameraIntrinsics, RGBDFrame
+from neural_mapping.config import MappingConfig
+from neural_mapping.datasets import Dataset, open_dataset
+from neural_mapping.io.images import save_png, write_json, write_tum_trajectory
+from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def run(dataset: Union[str, Path, Dataset], cfg: Optional[MappingConfig] = None,
     (``max_frames`` still caps the loop).  ``input_pose`` gives the external pose of a frame
     (``external`` / ``external+refine``; default: the dataset's ground truth).
     """
-    from .meshing import extract_mesh
-    from .system import MappingSystem
+    from neural_mapping.products.meshing import extract_mesh
+    from neural_mapping.system.mapping_system import MappingSystem
 
     cfg = cfg if cfg is not None else MappingConfig()
     if out_dir is not None:
@@ -201,7 +201,7 @@ def map_sequence(ds: Dataset, system, cfg: MappingConfig, input_pose: InputPose 
 
 
 def collect_metrics(ds: Dataset, volume, cfg: MappingConfig, stats: dict, mesh, mesh_ms: float) -> dict:
-    from .evaluation import trajectory_metrics
+    from neural_mapping.io.evaluation import trajectory_metrics
 
     integ = np.asarray(stats["integrate_ms"], dtype=np.float64)
     load = np.asarray(stats["load_ms"], dtype=np.float64)
@@ -240,8 +240,8 @@ def collect_metrics(ds: Dataset, volume, cfg: MappingConfig, stats: dict, mesh, 
 
 # -------------------------------------------------------------------- outputs
 def write_outputs(result: RunResult, ds: Dataset, cfg: MappingConfig, render_views: bool = True) -> None:
-    from .evaluation import evaluation_title, plot_trajectories
-    from .meshing import write_ply
+    from neural_mapping.io.evaluation import evaluation_title, plot_trajectories
+    from neural_mapping.products.meshing import write_ply
 
     out = result.out_dir
     files = result.files
@@ -268,7 +268,7 @@ def write_outputs(result: RunResult, ds: Dataset, cfg: MappingConfig, render_vie
 def write_occupancy(result: RunResult, cfg: MappingConfig) -> Dict[str, Path]:
     """``occupancy.pgm`` + ``occupancy.yaml`` (Nav2 map_server format, map frame) and
     ``occupancy.png`` (free white, occupied black, unknown grey; north up)."""
-    from .occupancy import map_transform_from_config, occupancy_grid_2d, save_nav2_map
+    from neural_mapping.products.occupancy import map_transform_from_config, occupancy_grid_2d, save_nav2_map
 
     out = result.out_dir
     T_world_map = map_transform_from_config(cfg, result.poses[0])
@@ -371,7 +371,7 @@ def birds_eye_view(points: np.ndarray, cam_poses: np.ndarray, width: int, height
 
 def render_map_views(result: RunResult, ds: Dataset, cfg: MappingConfig) -> Dict[str, Path]:
     """``view_{color,shaded}.png`` (bird's eye) and ``view_last_{color,shaded}.png``."""
-    from .raycast import raycast, render_shaded
+    from neural_mapping.grid.raycast import raycast, render_shaded
 
     out = result.out_dir
     W = cfg.run.render_width_px

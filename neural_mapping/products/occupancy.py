@@ -95,8 +95,8 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .config import MappingConfig, OccupancyConfig
-from .grid import VoxelBlockGrid
+from neural_mapping.config import MappingConfig, OccupancyConfig
+from neural_mapping.grid.voxel_grid import VoxelBlockGrid
 
 FREE, OCCUPIED, UNKNOWN = 0, 100, -1
 # Nav2 trinary pixel values and the thresholds written with them (see the module docstring).
@@ -118,7 +118,7 @@ def occupancy_config(cfg: Union[MappingConfig, OccupancyConfig, None]) -> Occupa
 
 
 def _grid_and_truncation(volume, truncation_m: Optional[float]) -> Tuple[VoxelBlockGrid, float]:
-    """Accept a :class:`~neural_mapping.tsdf.TSDFVolume` (carries its truncation) or a grid."""
+    """Accept a :class:`~neural_mapping.backends.tsdf.volume.TSDFVolume` (carries its truncation) or a grid."""
     if isinstance(volume, VoxelBlockGrid):
         grid = volume
     elif isinstance(getattr(volume, "grid", None), VoxelBlockGrid):

@@ -36,10 +36,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import kernels
-from .grid import VoxelBlockGrid
-from .tsdf import TSDFVolume, _workspace, trilinear
-from .types import CameraIntrinsics, check_pose
+from neural_mapping import kernels
+from neural_mapping.grid.voxel_grid import VoxelBlockGrid
+from neural_mapping.backends.tsdf.volume import TSDFVolume, _workspace, trilinear
+from neural_mapping.types import CameraIntrinsics, check_pose
 _BIG = 1.0e6
 
 

@@ -1,7 +1,7 @@
 """Marching cubes over the sparse voxel-block grid (torch; CPU and CUDA, one code path).
 
 Conventions
-    TSDF attributes of :class:`~neural_mapping.grid.VoxelBlockGrid`: ``tsdf``
+    TSDF attributes of :class:`~neural_mapping.grid.voxel_grid.VoxelBlockGrid`: ``tsdf``
     ``[cap, B, B, B]`` (normalised to [-1, 1], negative = behind the surface),
     ``weight`` (0 = unobserved) and ``color`` ``[cap, B, B, B, 3]`` (0..255).
     Voxel ``v`` (global integer coordinate ``block * B + local``) has its centre
@@ -58,7 +58,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .grid import VoxelBlockGrid
+from neural_mapping.grid.voxel_grid import VoxelBlockGrid
 
 __all__ = [
     "Mesh", "BlockMeshes", "extract_mesh", "extract_block_meshes", "dependent_slots",

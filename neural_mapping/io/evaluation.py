@@ -15,7 +15,7 @@ Metrics are returned as a flat dict in centimetres / degrees (keys in
 frames without ground truth) are dropped first; ``num_poses`` says how many were used.
 
 Files: TUM trajectories (``timestamp tx ty tz qx qy qz qw``) are read and written by
-:mod:`neural_mapping.io` and associated by nearest timestamp (evo ``associate_trajectories``).
+:mod:`neural_mapping.io.images` and associated by nearest timestamp (evo ``associate_trajectories``).
 
 Meshes (with Open3D): distances from points to a reference mesh
 (:func:`mesh_to_mesh_distances`), accuracy / completeness / F-score
@@ -32,8 +32,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .geometry import orthonormalize
-from .io import read_tum_trajectory, write_json
+from neural_mapping.geometry import orthonormalize
+from neural_mapping.io.images import read_tum_trajectory, write_json
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _o3d_mesh(mesh_or_vt):
         return mesh_or_vt
     if isinstance(mesh_or_vt, (tuple, list)) and len(mesh_or_vt) == 2:
         v, t = mesh_or_vt
-    else:  # neural_mapping.meshing.Mesh or anything with .vertices/.triangles
+    else:  # neural_mapping.products.meshing.Mesh or anything with .vertices/.triangles
         v, t = mesh_or_vt.vertices, mesh_or_vt.triangles
     v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
     t = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)

@@ -32,11 +32,11 @@ from typing import Callable, Deque, Dict, List, Optional
 import numpy as np
 import torch
 
-from .config import MappingConfig
-from .geometry import interpolate_pose, inv_pose
-from .pose_buffer import PoseBuffer
-from .queues import Closed, DropOldestQueue
-from .types import RGBDFrame, check_pose
+from neural_mapping.config import MappingConfig
+from neural_mapping.geometry import interpolate_pose, inv_pose
+from neural_mapping.system.pose_buffer import PoseBuffer
+from neural_mapping.system.queues import Closed, DropOldestQueue
+from neural_mapping.types import RGBDFrame, check_pose
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class MapSnapshot:
     grid: object  # grid.VoxelBlockGrid, owned by the reader
 
     def mesh(self):
-        from .meshing import extract_mesh
+        from neural_mapping.products.meshing import extract_mesh
         return extract_mesh(self.grid)
 
 
@@ -88,8 +88,8 @@ class MappingSystem:
     def __init__(self, config: Optional[MappingConfig] = None,
                  on_pose: Optional[Callable[[PoseResult], None]] = None,
                  on_integrated: Optional[Callable[[int, int], None]] = None):
-        from .mesh_cache import MeshCache
-        from .tsdf import TSDFVolume  # local: keeps import of the package light
+        from neural_mapping.products.mesh_cache import MeshCache
+        from neural_mapping.backends.tsdf.volume import TSDFVolume  # local: keeps import of the package light
 
         self.config = config or MappingConfig()
         self.config.validate()
@@ -107,7 +107,7 @@ class MappingSystem:
         self.pose_buffer = PoseBuffer(max_age_s=cfg.system.pose_buffer_s)
         self.tracker = None
         if self.pose_source in ("track", "external+refine"):
-            from .tracking import Tracker
+            from neural_mapping.tracking.tracker import Tracker
             self.tracker = Tracker.from_config(cfg, device=self.device)
 
         self.map_lock = threading.RLock()
@@ -193,13 +193,13 @@ class MappingSystem:
 
     def mesh(self):
         """Full mesh of the current map (numpy arrays, see ``meshing.Mesh``)."""
-        from .meshing import extract_mesh
+        from neural_mapping.products.meshing import extract_mesh
         with self.map_lock:
             return extract_mesh(self.volume.grid)
 
     def mesh_update(self, max_blocks: Optional[int] = None):
         """Re-mesh the blocks integration changed since the last call (the ``max_blocks``
-        oldest if given): a :class:`~neural_mapping.mesh_cache.MeshUpdate` with the changed
+        oldest if given): a :class:`~neural_mapping.products.mesh_cache.MeshUpdate` with the changed
         and emptied blocks.  After ``reset()``/``load()`` it reports every block meshed
         before as emptied and re-meshes the whole new map."""
         with self.map_lock:
@@ -208,7 +208,7 @@ class MappingSystem:
     def snapshot(self) -> "MapSnapshot":
         """The map as of now, as the reader's own copy: meshing, querying or saving it never
         blocks the mapping thread (only the copy is made under ``map_lock``)."""
-        from .grid import VoxelBlockGrid
+        from neural_mapping.grid.voxel_grid import VoxelBlockGrid
         with self.map_lock:
             state, version, frames = self._grid_state_copy(), self.version, self.frames_integrated
         grid = VoxelBlockGrid.from_state_dict(state, device=self.device,
@@ -234,7 +234,7 @@ class MappingSystem:
 
     def load(self, path, timeout: Optional[float] = 30.0) -> None:
         """Replace the map by a saved one (executed by the mapping thread)."""
-        from .grid import VoxelBlockGrid
+        from neural_mapping.grid.voxel_grid import VoxelBlockGrid
         state = torch.load(str(path), map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or state.get("format") != "neural_mapping.map/1":
             raise ValueError(f"{path} is not a neural_mapping map file")

@@ -52,7 +52,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 
-from .geometry import interpolate_pose, orthonormalize, pose_from_tq
+from neural_mapping.geometry import interpolate_pose, orthonormalize, pose_from_tq
 
 log = logging.getLogger(__name__)
 

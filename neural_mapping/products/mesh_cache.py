@@ -20,9 +20,9 @@ Dirty set
 
 Update
     A block's cubes read its own voxels and the first layer of its +x/+y/+z
-    neighbours (see :mod:`neural_mapping.meshing`), so when a block changes, it and
-    its allocated -x/-y/-z neighbours (:func:`~neural_mapping.meshing.dependent_slots`)
-    are re-extracted, all in **one** vectorised :func:`~neural_mapping.meshing.extract_block_meshes`
+    neighbours (see :mod:`neural_mapping.products.meshing`), so when a block changes, it and
+    its allocated -x/-y/-z neighbours (:func:`~neural_mapping.products.meshing.dependent_slots`)
+    are re-extracted, all in **one** vectorised :func:`~neural_mapping.products.meshing.extract_block_meshes`
     call.  Only the processed dirty blocks leave the dirty set (a dependent that is
     dirty itself stays dirty, so its own dependents are redone when its turn comes).
     When the dirty set is empty, every cached piece was extracted after the last
@@ -54,8 +54,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .grid import VoxelBlockGrid
-from .meshing import Mesh, dependent_slots, extract_block_meshes
+from neural_mapping.grid.voxel_grid import VoxelBlockGrid
+from neural_mapping.products.meshing import Mesh, dependent_slots, extract_block_meshes
 
 __all__ = ["BlockMesh", "MeshUpdate", "MeshCache", "pack_block_keys", "unpack_block_keys"]
 
@@ -283,7 +283,7 @@ class MeshCache:
 
 
 def soups_to_mesh(parts: Sequence[BlockMesh]) -> Mesh:
-    """Indexed :class:`~neural_mapping.meshing.Mesh` of block pieces (shared keys merged)."""
+    """Indexed :class:`~neural_mapping.products.meshing.Mesh` of block pieces (shared keys merged)."""
     parts = [p for p in parts if p.num_triangles]
     if not parts:
         return Mesh.empty()

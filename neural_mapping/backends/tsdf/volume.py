@@ -1,4 +1,4 @@
-"""TSDF fusion into a :class:`~neural_mapping.grid.VoxelBlockGrid`.
+"""TSDF fusion into a :class:`~neural_mapping.grid.voxel_grid.VoxelBlockGrid`.
 
 :func:`integrate` is the kernel (tensors in, stats out, any device);
 :class:`TSDFVolume` is the facade used by the rest of the system (numpy in,
@@ -49,9 +49,9 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import kernels
-from .grid import TSDF_ATTRIBUTES, VoxelBlockGrid
-from .types import CameraIntrinsics, RGBDFrame, check_pose
+from neural_mapping import kernels
+from neural_mapping.grid.voxel_grid import TSDF_ATTRIBUTES, VoxelBlockGrid
+from neural_mapping.types import CameraIntrinsics, RGBDFrame, check_pose
 
 # Depth value written into invalid pixels of the padded image: far enough below
 # any voxel that ``sdf < -truncation`` (so weight 0), small enough that every
@@ -218,7 +218,7 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
     RGB or None; ``T_world_cam``: 4x4 camera-to-world.  Returns
     ``{"blocks_touched", "blocks_new", "blocks_total", "slots"}``; ``slots`` (int64 tensor on
     the grid's device) are the blocks whose voxels this frame may have changed (for meshing).
-    Raises :class:`~neural_mapping.grid.CapacityError` (map unchanged) when the
+    Raises :class:`~neural_mapping.grid.voxel_grid.CapacityError` (map unchanged) when the
     grid would exceed its capacity.
     """
     device = grid.device

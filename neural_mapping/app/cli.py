@@ -1,7 +1,7 @@
 """Command line: ``neural-mapping run DATASET --out DIR``, ``neural-mapping eval EST GT --out DIR``,
 ``neural-mapping make-bag DATASET OUT`` and ``neural-mapping replay BAG --out DIR``.
 
-``python -m neural_mapping.cli ...`` works the same.  Map options come from the typed
+``python -m neural_mapping.app.cli ...`` works the same.  Map options come from the typed
 config (:mod:`neural_mapping.config`): one ``--flag`` per field, the same names as the
 ROS parameters and the YAML keys.  Precedence: defaults < ``--config YAML`` < flags.
 """
@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import MappingConfig, add_config_arguments, config_from_args
-from .datasets import SUPPORTED_LAYOUTS, DatasetError
+from neural_mapping.config import MappingConfig, add_config_arguments, config_from_args
+from neural_mapping.datasets import SUPPORTED_LAYOUTS, DatasetError
 
 RUN_EPILOG = f"""\
 dataset formats (detected automatically):
@@ -138,7 +138,7 @@ def offline_config(args, command: str) -> Optional[MappingConfig]:
 
 
 def cmd_run(args) -> int:
-    from .pipeline import run
+    from neural_mapping.app.pipeline import run
 
     cfg = offline_config(args, "run")
     if cfg is None:
@@ -170,7 +170,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import evaluate_tum_files, write_evaluation
+    from neural_mapping.io.evaluation import evaluate_tum_files, write_evaluation
 
     try:
         ev = evaluate_tum_files(args.est, args.gt, max_diff_s=args.max_diff_s)
@@ -218,7 +218,7 @@ metrics.json, trajectory.png, view_*.png).
 
 
 def _add_bag_parsers(sub) -> None:
-    from .datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
+    from neural_mapping.datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
 
     b = sub.add_parser("make-bag", help="write a dataset as a rosbag2 (mcap or sqlite3)",
                        description="Convert DATASET (7-Scenes, TUM RGB-D or 'synthetic') into the "
@@ -277,7 +277,7 @@ def _add_bag_parsers(sub) -> None:
 
 
 def cmd_make_bag(args) -> int:
-    from .bags import make_bag
+    from neural_mapping.io.bags import make_bag
 
     kw = _dataset_kwargs(args)
     try:
@@ -297,8 +297,8 @@ def cmd_make_bag(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC, RosbagDataset
-    from .pipeline import run
+    from neural_mapping.datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC, RosbagDataset
+    from neural_mapping.app.pipeline import run
 
     cfg = offline_config(args, "replay")
     if cfg is None:

@@ -19,8 +19,8 @@ from typing import Any, List, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .geometry import format_tum_line, pose_from_tum
-from .types import depth_from_uint16
+from neural_mapping.geometry import format_tum_line, pose_from_tum
+from neural_mapping.types import depth_from_uint16
 
 PathLike = Union[str, Path]
 

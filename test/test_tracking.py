@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from neural_mapping import geometry as g
-from neural_mapping.tracking.tracker import ModelView, Tracker, TrackerConfig, downsample_depth
+from neural_mapping.config import MappingConfig, TrackingConfig
+from neural_mapping.tracking.model_view import ModelView
+from neural_mapping.tracking.pyramid import downsample_depth
+from neural_mapping.tracking.tracker import Tracker
 
 from _synthetic_scene import K_QVGA as K, render_depth as _render
 
@@ -14,6 +17,11 @@ from _synthetic_scene import K_QVGA as K, render_depth as _render
 
 def render_depth(T, **kw):
     return _render(T, K, **kw)
+
+
+def tracker(**values) -> Tracker:
+    """The system's tracker (default config, its depth range) with flat config overrides."""
+    return Tracker.from_config(MappingConfig.from_flat(values), "cpu")
 
 
 T0 = g.make_pose(g.so3_exp([-0.35, 0.25, 0.0]), [0.0, -0.2, 0.0])
@@ -47,8 +55,8 @@ def _err(T_est, T_true):
 def test_recovers_known_motion(reference, delta):
     _, view = reference
     T1 = T0 @ g.se3_exp(delta)
-    tr = Tracker()
-    res = tr.track_depth(render_depth(T1), None, K, view, T_init=T0)
+    tr = tracker()
+    res = tr.track_depth(render_depth(T1), K, view, T0)
     assert res.ok, res.reason
     dt, dr = _err(res.T_world_cam, T1)
     assert dt < 0.002 and dr < 0.2, (dt, dr)
@@ -61,7 +69,7 @@ def test_refines_external_guess(reference):
     _, view = reference
     T1 = T0 @ g.se3_exp([0.01, 0.0, 0.01, 0, DEG, 0])
     T_ext = T1 @ g.se3_exp([0.015, -0.01, 0.0, 0.5 * DEG, 0, -DEG])
-    res = Tracker().track_depth(render_depth(T1), None, K, view, T_init=T_ext)
+    res = tracker().track_depth(render_depth(T1), K, view, T_ext)
     assert res.ok
     dt, dr = _err(res.T_world_cam, T1)
     assert dt < 0.002 and dr < 0.2
@@ -70,7 +78,7 @@ def test_refines_external_guess(reference):
 def test_constant_velocity_guess_and_sequence():
     """Three frames moving at constant velocity: the tracker's own prediction is used."""
     step = g.se3_exp([0.01, 0.005, 0.0, 0.0, DEG, 0.0])
-    tr = Tracker()
+    tr = tracker()
     tr.reset(T0)
     T_prev = T0
     d_prev = render_depth(T0)
@@ -88,7 +96,7 @@ def test_constant_velocity_guess_and_sequence():
 
 def test_no_valid_depth_fails_cleanly(reference):
     _, view = reference
-    tr = Tracker()
+    tr = tracker()
     for depth in (np.zeros((240, 320), np.float32), np.full((240, 320), np.nan, np.float32)):
         res = tr.track_depth(depth, None, K, view, T_init=T0)
         assert not res.ok and res.reason == "no_depth"
@@ -191,7 +199,7 @@ def test_real_frames_against_raycast_model(redkitchen):
     for i in range(3):
         d, T = _load_7scenes(redkitchen, i)
         vol.integrate(d, K, orthonormalize(T))
-    tr = Tracker()
+    tr = tracker()
     errs = []
     for i in range(3, 6):
         d_prev, T_prev = _load_7scenes(redkitchen, i - 1)

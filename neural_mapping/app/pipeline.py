@@ -383,8 +383,7 @@ def render_map_views(result: RunResult, ds: Dataset, cfg: MappingConfig) -> Dict
              "view_last": (last_K, result.poses[-1], cfg.integration.depth_max_m * 1.5)}
     files: Dict[str, Path] = {}
     for name, (K, T, dmax) in views.items():
-        rc = raycast(result.volume, K, T, depth_min_m=0.05, depth_max_m=float(dmax),
-                     truncation_m=cfg.truncation_m)
+        rc = raycast(result.volume.field(), K, T, depth_min_m=0.05, depth_max_m=float(dmax))
         files[f"{name}_color"] = out / f"{name}_color.png"
         files[f"{name}_shaded"] = out / f"{name}_shaded.png"
         valid = _as_numpy(rc.valid).astype(bool)[..., None]

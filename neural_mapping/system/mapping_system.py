@@ -436,7 +436,7 @@ class MappingSystem:
         else:
             T_init = self._last_T if self._last_T is not None else model.T_world_cam
         t0 = time.perf_counter()
-        tr = self.tracker.track(frame, model, T_init)
+        tr = self.tracker.track(frame, model.raycast, T_init)
         self.timings["track"].append(time.perf_counter() - t0)
         if tr.ok:
             self._consecutive_failures = 0

@@ -200,11 +200,17 @@ def test_strict_tracks_against_exactly_the_lagged_model(room, lag):
     for _ in range(2):
         used = []
         with MappingSystem(_track_cfg(model_lag_frames=lag)) as s:
-            track = s.tracker.track
+            track, pick, picked = s.tracker.track, s._model_for_tracking, []
 
-            def spy(frame, model, T_init=None, _track=track):
-                used.append((frame.index, model.frames_integrated))
-                return _track(frame, model, T_init)
+            def spy_pick(_pick=pick):  # the tracking thread picks a prediction, then tracks
+                picked.append(_pick())
+                return picked[-1]
+
+            def spy(frame, view, T_init, _track=track):
+                assert view is picked[-1].raycast
+                used.append((frame.index, picked[-1].frames_integrated))
+                return _track(frame, view, T_init)
+            s._model_for_tracking = spy_pick
             s.tracker.track = spy
             for f in room[:15]:
                 s.submit(f)

@@ -76,10 +76,13 @@ class RunConfig:
 @dataclass
 class SystemConfig:
     sync_mode: str = param(
-        "realtime", "strict: every frame is tracked then mapped, in order, nothing dropped (offline "
-        "runs, tests; deterministic). realtime: tracking always takes the newest frame, full queues "
-        "drop their oldest item (counted), latency stays bounded (live robots).",
-        choices=("strict", "realtime"))
+        "strict", "strict: every frame is tracked then mapped, in order, nothing dropped (library "
+        "use, offline runs, tests; deterministic). realtime: tracking always takes the newest frame, "
+        "full queues drop their oldest item (counted), latency stays bounded (live robots; the ROS "
+        "node's default).", choices=("strict", "realtime"))
+    trajectory_max_poses: int = param(
+        10000, "realtime mode keeps the last this many poses in the trajectory (bounded memory on "
+        "a live robot); strict mode keeps every pose.", unit="poses", lo=1, hi=100_000_000)
     frame_queue_size: int = param(2, "Frames waiting for the tracking thread.", unit="frames", lo=1, hi=1000)
     map_queue_size: int = param(4, "Tracked frames waiting for the mapping thread.", unit="frames",
                                 lo=1, hi=1000)

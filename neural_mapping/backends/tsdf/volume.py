@@ -22,13 +22,16 @@ import numpy as np
 import torch
 
 from neural_mapping import kernels
-from neural_mapping.backends.tsdf.integrate import _workspace, integrate
+from neural_mapping.backends.tsdf.integrate import integrate
+from neural_mapping.grid.workspace import workspace
 from neural_mapping.config import GridConfig, IntegrationConfig, MappingConfig
 from neural_mapping.grid.field import VoxelField
 from neural_mapping.grid.voxel_grid import TSDF_ATTRIBUTES, VoxelBlockGrid
 from neural_mapping.types import CameraIntrinsics, RGBDFrame, check_pose
 
-__all__ = ["TSDFVolume", "trilinear", "sample_tsdf", "_workspace"]
+__all__ = ["TSDFVolume", "trilinear", "sample_tsdf"]
+
+_workspace = workspace  # grid/raycast.py until it imports grid.workspace
 
 _CORNERS = ((0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1))
 
@@ -44,7 +47,7 @@ def trilinear(grid: VoxelBlockGrid, pts: torch.Tensor, *, with_grad: bool = Fals
     """
     device = grid.device
     B = grid.block_size
-    offs = _workspace().cached(("corner_offs", B, grid.voxel_index_dtype, device), lambda: (
+    offs = workspace().cached(("corner_offs", B, grid.voxel_index_dtype, device), lambda: (
         torch.tensor(_CORNERS, dtype=torch.int32, device=device).T.reshape(3, 8, 1),
         torch.tensor([(x * B + y) * B + z for x, y, z in _CORNERS], device=device,
                      dtype=grid.voxel_index_dtype)[:, None]))

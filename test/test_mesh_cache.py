@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from _synthetic_scene import tsdf_field
 from neural_mapping.config import MappingConfig
 from neural_mapping.grid.field import FIELD_ATTRIBUTES, VoxelField
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid
 from neural_mapping.products.meshing import (
     MeshCache, extract_block_meshes, extract_mesh, pack_block_keys, unpack_block_keys)
 from neural_mapping.system.mapping_system import MappingSystem
-from neural_mapping.backends.tsdf.volume import TSDFVolume
+from neural_mapping.backends.tsdf import TSDFVolume
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -118,7 +117,7 @@ def test_incremental_equals_full_on_synthetic_room(device):
     changed_total = 0
     for k, fr in enumerate(frames):
         stats = vol.integrate(fr)
-        field = tsdf_field(vol)
+        field = vol.field()
         assert stats["slots"].numel() == stats["blocks_touched"] > 0
         cache.mark_dirty(field, stats["slots"], version=k)
         upd = cache.update(field)
@@ -153,10 +152,10 @@ def test_incremental_equals_full_on_real_frames(redkitchen):
         stats = vol.integrate(ds[k])
         cache.mark_dirty(vol.grid, stats["slots"], version=k)  # a grid is enough to mark blocks
         if k % 2:  # every second frame: dirty blocks of two frames merge
-            cache.update(tsdf_field(vol))
-    cache.update(tsdf_field(vol))
+            cache.update(vol.field())
+    cache.update(vol.field())
     assert cache.num_triangles > 10_000
-    assert_cache_equals_full(cache, tsdf_field(vol), weight_threshold=2.0)
+    assert_cache_equals_full(cache, vol.field(), weight_threshold=2.0)
 
 
 # ------------------------------------------------------------------ analytic edits
@@ -317,10 +316,10 @@ def test_system_marks_dirty_and_reset_load_invalidate(tmp_path):
         for key in upd.emptied:
             published.pop(key)
         with system.read_map() as field:
-            assert_cache_equals_full(system.mesh_cache, field)
+            assert_cache_equals_full(system.mapper.mesh_cache, field)
         # what a subscriber accumulated from the updates is the current mesh
-        assert set(published) == set(system.mesh_cache.pieces())
-        assert system.mesh().num_triangles == system.mesh_cache.full_mesh().num_triangles > 0
+        assert set(published) == set(system.mapper.mesh_cache.pieces())
+        assert system.mesh().num_triangles == system.mapper.mesh_cache.full_mesh().num_triangles > 0
         system.save(tmp_path / "map.pt")
         n_saved = len(published)
 
@@ -331,8 +330,8 @@ def test_system_marks_dirty_and_reset_load_invalidate(tmp_path):
         system.load(tmp_path / "map.pt")
         upd = system.mesh_update(max_blocks=50)
         assert upd.invalidated and upd.dirty_processed == 50 and upd.remaining_dirty > 0
-        while system.mesh_cache.num_dirty:
+        while system.mapper.mesh_cache.num_dirty:
             system.mesh_update(max_blocks=200)
-        assert len(system.mesh_cache) == n_saved
+        assert len(system.mapper.mesh_cache) == n_saved
         with system.read_map() as field:
-            assert_cache_equals_full(system.mesh_cache, field)
+            assert_cache_equals_full(system.mapper.mesh_cache, field)

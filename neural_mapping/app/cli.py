@@ -265,7 +265,7 @@ def _add_bag_parsers(sub) -> None:
 
 
 def _add_topic_arguments(r) -> None:
-    from neural_mapping.datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
+    from neural_mapping.io.bag_format import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
 
     t = r.add_argument_group("topics")
     t.add_argument("--depth-topic", default=None, metavar="TOPIC",
@@ -306,7 +306,8 @@ def cmd_make_bag(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from neural_mapping.datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC, RosbagDataset
+    from neural_mapping.datasets.rosbag import RosbagDataset
+    from neural_mapping.io.bag_format import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
     from neural_mapping.app.pipeline import run
 
     cfg = offline_config(args, "replay")

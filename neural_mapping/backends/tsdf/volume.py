@@ -183,8 +183,9 @@ class TSDFVolume:
                color: bool = True, fast: bool = False):
         """Ray cast of the TSDF (:func:`neural_mapping.grid.raycast.raycast`)."""
         from neural_mapping.grid.raycast import raycast
-        return raycast(self, intrinsics, T_world_cam, with_color=color, depth_range=depth_range,
-                       march_unhinted=depth_range is None, one_lookup=fast)
+        return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=self.depth_min_m,
+                       depth_max_m=self.depth_max_m, with_color=color, depth_range=depth_range,
+                       march_unhinted=depth_range is None, fast=fast)
 
     def field(self, copy: bool = False) -> VoxelField:
         """The TSDF itself as a :class:`VoxelField` (views of the block pool; ``copy``: private)."""

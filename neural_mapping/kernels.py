@@ -73,8 +73,9 @@ def trilinear(pts: Tensor, index: Tensor, origin: List[int], shape: List[int], b
               corner_offs: Tensor, corner_lin: Tensor, inv_vs: float, with_grad: bool
               ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
     """Trilinear signed distance (``tsdf``: a field's ``sdf`` pool) at world points ``pts``
-    ``[3, K]`` (see ``grid.sampling.trilinear``): returns the distance (renormalised over observed corners, 1 where none is), ``weight``, the gradient
-    ``[3, K]`` (per metre, ``with_grad``) and the color ``[K, 3]`` (if ``color`` is given).
+    ``[3, K]`` (see ``grid.sampling.trilinear``): returns the distance (renormalised over
+    observed corners, 1 where none is), ``weight``, the gradient ``[3, K]`` (per metre,
+    ``with_grad``) and the color ``[K, 3]`` (if ``color`` is given).
     ``corner_offs`` ``[3, 8, 1]`` int32 and ``corner_lin`` ``[8, 1]`` are the corner offsets
     as coordinates and as linear offsets inside a block."""
     K = pts.shape[1]

@@ -317,10 +317,10 @@ def test_system_marks_dirty_and_reset_load_invalidate(tmp_path):
         for key in upd.emptied:
             published.pop(key)
         with system.read_map() as field:
-            assert_cache_equals_full(system.mesh_cache, field)
+            assert_cache_equals_full(system.mapper.mesh_cache, field)
         # what a subscriber accumulated from the updates is the current mesh
-        assert set(published) == set(system.mesh_cache.pieces())
-        assert system.mesh().num_triangles == system.mesh_cache.full_mesh().num_triangles > 0
+        assert set(published) == set(system.mapper.mesh_cache.pieces())
+        assert system.mesh().num_triangles == system.mapper.mesh_cache.full_mesh().num_triangles > 0
         system.save(tmp_path / "map.pt")
         n_saved = len(published)
 
@@ -331,8 +331,8 @@ def test_system_marks_dirty_and_reset_load_invalidate(tmp_path):
         system.load(tmp_path / "map.pt")
         upd = system.mesh_update(max_blocks=50)
         assert upd.invalidated and upd.dirty_processed == 50 and upd.remaining_dirty > 0
-        while system.mesh_cache.num_dirty:
+        while system.mapper.mesh_cache.num_dirty:
             system.mesh_update(max_blocks=200)
-        assert len(system.mesh_cache) == n_saved
+        assert len(system.mapper.mesh_cache) == n_saved
         with system.read_map() as field:
-            assert_cache_equals_full(system.mesh_cache, field)
+            assert_cache_equals_full(system.mapper.mesh_cache, field)

@@ -198,7 +198,7 @@ class MappingSystem:
 
     def mesh_update(self, max_blocks: Optional[int] = None):
         """Re-mesh the blocks integration changed since the last call (the ``max_blocks``
-        oldest if given): a :class:`~neural_mapping.products.mesh_cache.MeshUpdate` with the changed
+        oldest if given): a :class:`~neural_mapping.products.meshing.MeshUpdate` with the changed
         and emptied blocks.  After ``reset()``/``load()`` it reports every block meshed
         before as emptied and re-meshes the whole new map."""
         with self.map_lock:

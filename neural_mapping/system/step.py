@@ -41,7 +41,7 @@ class Mapper:
     """One map backend, the pose policy (with its tracker) and the mesh cache's dirty marks."""
 
     def __init__(self, config: MappingConfig, backend: Optional[MapBackend] = None):
-        from neural_mapping.products.mesh_cache import MeshCache
+        from neural_mapping.products.meshing import MeshCache
         self.config = config
         self.backend = backend if backend is not None else get_backend(config)
         self.tracker = None

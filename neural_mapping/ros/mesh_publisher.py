@@ -90,10 +90,6 @@ class MeshPublisherState:
     def pending_blocks(self) -> int:
         return len(self._pending)
 
-    @property
-    def pending_deletes(self) -> int:
-        return len(self._deletes)
-
     def has_pending(self) -> bool:
         return bool(self._pending or self._deletes)
 
@@ -101,13 +97,6 @@ class MeshPublisherState:
     def num_blocks(self) -> int:
         """Blocks with triangles known to this state."""
         return len(self._current)
-
-    def requeue_all(self) -> None:
-        """Send every current block again through the budgeted path (oldest pending first,
-        then the others)."""
-        for k in self._current:
-            if k not in self._pending:
-                self._pending[k] = None
 
     # ------------------------------------------------------------------ sizes
     def _marker_sizes(self) -> Tuple[int, int, int]:

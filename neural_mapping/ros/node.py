@@ -54,9 +54,11 @@ from std_srvs.srv import Trigger
 from neural_mapping.system.mapping_system import MappingSystem, PoseResult
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 from neural_mapping.ros import conversions as conv
-from neural_mapping.ros.outputs import MapOutputs
-from neural_mapping.ros.params import (NODE_NAME, config_from_node, declare_config_parameters,
-                     format_effective_config, node_config_from_node)
+from neural_mapping.config import MappingConfig
+from neural_mapping.ros.outputs import MapOutputs, RateTimer
+from neural_mapping.ros.params import (NODE_NAME, NodeConfig, config_from_node,
+                                       declare_config_parameters, format_effective_config,
+                                       install_parameter_validation, node_config_from_node)
 
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
@@ -118,14 +120,8 @@ class MappingNode(Node):
         self.pub_path = self.create_publisher(PathMsg, "~/path", MAP_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.tf_broadcaster = None
-        if self.ncfg.publish_tf:
-            try:
-                from tf2_ros import TransformBroadcaster  # not on PyPI: optional
-                self.tf_broadcaster = TransformBroadcaster(self)
-            except ImportError:
-                self.get_logger().warning(
-                    "tf2_ros is not importable: no TF is broadcast (poses are still published on "
-                    "~/pose, ~/odometry and ~/path)")
+        self._tf_unavailable = False
+        self._ensure_tf_broadcaster()
 
         # ---- subscriptions (relative names)
         in_qos = qos_profile_sensor_data if self.ncfg.input_qos == "sensor_data" else RELIABLE_INPUT_QOS
@@ -146,11 +142,40 @@ class MappingNode(Node):
         self.create_timer(PATH_PERIOD_S, self._on_path_timer)
         # mesh, occupancy, costmap, ESDF slice, occupied voxels (own timers, only when subscribed)
         self.outputs = MapOutputs(self, self.system, self.cfg, self.ncfg, self.output_dir)
-        if self.ncfg.diagnostics_rate_hz > 0:
-            self.create_timer(1.0 / self.ncfg.diagnostics_rate_hz, self._publish_diagnostics)
+        self.diagnostics_timer = RateTimer(self, self._publish_diagnostics,
+                                           self.ncfg.diagnostics_rate_hz)
+        # runtime changes of RUNTIME_TUNABLE parameters: validated as a whole, core values
+        # applied by the mapping thread (system.reconfigure), node values here
+        install_parameter_validation(self, self._apply_parameters)
         self.get_logger().info(
             f"mapping on {self.system.device} with pose_source={self.cfg.run.pose_source}, "
             f"voxel_size_m={self.cfg.grid.voxel_size_m}, input_qos={self.ncfg.input_qos}")
+
+    def _ensure_tf_broadcaster(self) -> None:
+        if not self.ncfg.publish_tf or self.tf_broadcaster is not None or self._tf_unavailable:
+            return
+        try:
+            from tf2_ros import TransformBroadcaster  # not on PyPI: optional
+            self.tf_broadcaster = TransformBroadcaster(self)
+        except ImportError:
+            self._tf_unavailable = True
+            self.get_logger().warning(
+                "tf2_ros is not importable: no TF is broadcast (poses are still published on "
+                "~/pose, ~/odometry and ~/path)")
+
+    def _apply_parameters(self, cfg: MappingConfig, ncfg: NodeConfig, names) -> None:
+        """Apply a validated runtime parameter change (raising rejects it, with the reason)."""
+        core = {k: v for k, v in cfg.to_flat().items() if k in names}
+        if core:
+            self.system.reconfigure(core)  # ValueError: rejected; else the next frame uses it
+            self.cfg = self.outputs.cfg = cfg
+        if set(names) - set(core):
+            self.ncfg = ncfg
+            self.outputs.apply_node_config(ncfg)
+            self.diagnostics_timer.set_rate(ncfg.diagnostics_rate_hz)
+            self._ensure_tf_broadcaster()
+        self.get_logger().info("parameters changed: " + ", ".join(
+            f"{k}={v!r}" for k, v in {**cfg.to_flat(), **ncfg.to_flat()}.items() if k in names))
 
     # ================================================================ drops
     def _drop(self, reason: str, message: str) -> None:
@@ -183,18 +208,23 @@ class MappingNode(Node):
             self._camera_frame = msg.header.frame_id
         self._pair()  # depth images may be waiting for their first camera_info
 
-    def _on_depth(self, msg: Image) -> None:
+    def _decode_image(self, msg: Image, decode) -> Optional[Tuple[float, np.ndarray]]:
+        """``(stamp_s, decode(msg))``, or None after counting the drop if it does not decode."""
         try:
-            stamp = conv.stamp_to_sec(msg.header.stamp)
-            depth = conv.depth_from_msg(msg)
+            return conv.stamp_to_sec(msg.header.stamp), decode(msg)
         except conv.DecodeError as e:
             self._drop(e.reason, str(e))
+            return None
+
+    def _on_depth(self, msg: Image) -> None:
+        decoded = self._decode_image(msg, conv.depth_from_msg)
+        if decoded is None:
             return
         if not self._camera_frame and msg.header.frame_id:
             self._camera_frame = msg.header.frame_id
         first = None
         with self._lock:
-            self._depths.append((stamp, depth))
+            self._depths.append(decoded)
             while len(self._depths) > PENDING_DEPTH:
                 self._depths.popleft()
                 reason = "no_camera_info" if self._intrinsics is None else "depth_unpaired"
@@ -209,15 +239,12 @@ class MappingNode(Node):
         self._pair()
 
     def _on_color(self, msg: Image) -> None:
-        try:
-            stamp = conv.stamp_to_sec(msg.header.stamp)
-            color = conv.color_from_msg(msg)
-        except conv.DecodeError as e:
-            self._drop(e.reason, str(e))
+        decoded = self._decode_image(msg, conv.color_from_msg)
+        if decoded is None:
             return
         with self._lock:
             self._last_color_wall = time.monotonic()
-            self._colors.append((stamp, color))
+            self._colors.append(decoded)
             while len(self._colors) > PENDING_COLOR:
                 self._colors.popleft()
         self._pair()
@@ -330,7 +357,7 @@ class MappingNode(Node):
             self._path_dirty = True
             if time.monotonic() - self._last_path_pub > PATH_PERIOD_S:
                 self._publish_path_locked()
-        if self.tf_broadcaster is not None:
+        if self.tf_broadcaster is not None and self.ncfg.publish_tf:
             if self.ncfg.odom_frame and self.cfg.run.pose_source != "track":
                 corr = result.T_correction if result.T_correction is not None else np.eye(4)
                 tf = conv.transform_stamped_msg(corr, stamp, self.ncfg.map_frame, self.ncfg.odom_frame)

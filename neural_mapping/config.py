@@ -54,6 +54,10 @@ class IntegrationConfig:
     max_weight: float = param(64.0, "Cap on the accumulated TSDF weight per voxel (a moving "
                               "average past it, so the map can adapt).", lo=1.0, hi=1e6)
     integrate_color: bool = param(True, "Fuse color with the same weights as the TSDF.")
+    alloc_stride_px: int = param(4, "Every n-th pixel (both axes) of a depth image allocates the "
+                                 "blocks its truncation band touches (4 as Open3D; "
+                                 "bench/bench_integration.py --coverage measures what it misses).",
+                                 unit="px", lo=1, hi=64)
 
 
 @dataclass

@@ -12,7 +12,8 @@ from neural_mapping.grid.voxel_grid import VoxelBlockGrid
 from neural_mapping.products.mesh_cache import MeshCache, pack_block_keys, unpack_block_keys
 from neural_mapping.products.meshing import extract_block_meshes, extract_mesh
 from neural_mapping.system.mapping_system import MappingSystem
-from neural_mapping.backends.tsdf.volume import TSDFVolume, voxel_offsets
+from neural_mapping.backends.tsdf.volume import TSDFVolume
+from neural_mapping.grid.voxel_grid import voxel_offsets
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -21,7 +21,7 @@ from neural_mapping.grid.voxel_grid import VoxelBlockGrid  # noqa: E402
 from neural_mapping.products.mesh_cache import MeshCache, MeshUpdate  # noqa: E402
 from neural_mapping.ros import fast_cdr as fc  # noqa: E402
 from neural_mapping.ros.mesh_publisher import MeshPublisherState  # noqa: E402
-from neural_mapping.backends.tsdf.volume import voxel_offsets  # noqa: E402
+from neural_mapping.grid.voxel_grid import voxel_offsets  # noqa: E402
 
 
 # ------------------------------------------------------------------ scene

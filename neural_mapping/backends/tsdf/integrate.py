@@ -43,13 +43,13 @@ matmuls instead of one per voxel).  Torch releases the GIL inside every op.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid, voxel_offsets
+from neural_mapping.grid.workspace import workspace
 from neural_mapping.types import CameraIntrinsics
 
 # Depth value written into invalid pixels of the padded image: far enough below
@@ -60,39 +60,6 @@ _INVALID_DEPTH = -1.0e6
 _MIN_Z = 1.0e-6
 
 TensorOrArray = Union[torch.Tensor, np.ndarray]
-
-
-# ============================================================================ buffers
-class _Workspace:
-    """Scratch tensors reused across frames (one set per thread and device)."""
-
-    def __init__(self):
-        self._bufs: Dict[Tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
-
-    def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        key = (name, dtype, device)
-        buf = self._bufs.get(key)
-        if buf is None or buf.numel() < numel:
-            buf = torch.empty(int(numel * 1.25) + 64, dtype=dtype, device=device)
-            self._bufs[key] = buf
-        return buf[:numel]
-
-    def cached(self, key, make):
-        buf = self._bufs.get(key)
-        if buf is None:
-            buf = make()
-            self._bufs[key] = buf
-        return buf
-
-
-_local = threading.local()
-
-
-def _workspace() -> _Workspace:
-    ws = getattr(_local, "ws", None)
-    if ws is None:
-        ws = _local.ws = _Workspace()
-    return ws
 
 
 # ============================================================================ helpers
@@ -124,7 +91,7 @@ def _pixel_rays(intr: CameraIntrinsics, stride: int, device: torch.device) -> Tu
                             torch.ones_like(u, dtype=torch.float32)], dim=0).reshape(3, -1)
         return rays, (v * intr.width + u).reshape(-1)
 
-    return _workspace().cached(key, make)
+    return workspace().cached(key, make)
 
 
 def touched_blocks(grid: VoxelBlockGrid, depth: torch.Tensor, intr: CameraIntrinsics,
@@ -196,7 +163,7 @@ def touched_blocks(grid: VoxelBlockGrid, depth: torch.Tensor, intr: CameraIntrin
 
 
 def ws_get(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return _workspace().get(name, numel, dtype, device)
+    return workspace().get(name, numel, dtype, device)
 
 
 # ============================================================================ kernel
@@ -225,7 +192,7 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
     use_color = bool(integrate_color and color is not None and "color" in grid.attrs)
     if use_color and tuple(color.shape) != (H, W, 3):
         raise ValueError(f"color must be ({H}, {W}, 3), got {tuple(color.shape)}")
-    ws = _workspace()
+    ws = workspace()
     d = _as_tensor(depth, device, torch.float32)
     T_np = _pose_numpy(T_world_cam)
     T = torch.as_tensor(T_np, device=device)

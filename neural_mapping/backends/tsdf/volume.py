@@ -22,13 +22,16 @@ import numpy as np
 import torch
 
 from neural_mapping import kernels
-from neural_mapping.backends.tsdf.integrate import _workspace, integrate
+from neural_mapping.backends.tsdf.integrate import integrate
+from neural_mapping.grid.workspace import workspace
 from neural_mapping.config import GridConfig, IntegrationConfig, MappingConfig
 from neural_mapping.grid.field import VoxelField
 from neural_mapping.grid.voxel_grid import TSDF_ATTRIBUTES, VoxelBlockGrid
 from neural_mapping.types import CameraIntrinsics, RGBDFrame, check_pose
 
-__all__ = ["TSDFVolume", "trilinear", "sample_tsdf", "_workspace"]
+__all__ = ["TSDFVolume", "trilinear", "sample_tsdf"]
+
+_workspace = workspace  # grid/raycast.py until it imports grid.workspace
 
 _CORNERS = ((0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1))
 
@@ -44,7 +47,7 @@ def trilinear(grid: VoxelBlockGrid, pts: torch.Tensor, *, with_grad: bool = Fals
     """
     device = grid.device
     B = grid.block_size
-    offs = _workspace().cached(("corner_offs", B, grid.voxel_index_dtype, device), lambda: (
+    offs = workspace().cached(("corner_offs", B, grid.voxel_index_dtype, device), lambda: (
         torch.tensor(_CORNERS, dtype=torch.int32, device=device).T.reshape(3, 8, 1),
         torch.tensor([(x * B + y) * B + z for x, y, z in _CORNERS], device=device,
                      dtype=grid.voxel_index_dtype)[:, None]))
@@ -180,8 +183,9 @@ class TSDFVolume:
                color: bool = True, fast: bool = False):
         """Ray cast of the TSDF (:func:`neural_mapping.grid.raycast.raycast`)."""
         from neural_mapping.grid.raycast import raycast
-        return raycast(self, intrinsics, T_world_cam, with_color=color, depth_range=depth_range,
-                       march_unhinted=depth_range is None, one_lookup=fast)
+        return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=self.depth_min_m,
+                       depth_max_m=self.depth_max_m, with_color=color, depth_range=depth_range,
+                       march_unhinted=depth_range is None, fast=fast)
 
     def field(self, copy: bool = False) -> VoxelField:
         """The TSDF itself as a :class:`VoxelField` (views of the block pool; ``copy``: private)."""

@@ -62,8 +62,11 @@ def test_names_disjoint_documented_and_tunables_known():
 
 def test_declare_read_back_defaults_and_descriptors(make_node):
     node = make_node()
-    P.declare_config_parameters(node, MappingConfig())
-    assert P.config_from_node(node) == MappingConfig()
+    P.declare_config_parameters(node)
+    # the node's core defaults: the core's own, but realtime sync (a live stream)
+    assert P.config_from_node(node) == P.node_core_defaults()
+    assert P.node_core_defaults().system.sync_mode == "realtime"
+    assert MappingConfig().system.sync_mode == "strict"
     assert P.node_config_from_node(node) == P.NodeConfig()
     declared = set(node.get_parameters_by_prefix("")) - P.RESERVED
     assert declared == {f.name for _, f in P.parameter_fields()}
@@ -111,7 +114,8 @@ def test_overrides_produce_the_config(make_node):
     cfg = P.config_from_node(node)
     assert cfg == MappingConfig.from_flat({"voxel_size_m": 0.05, "pose_source": "track",
                                            "max_frames": 10, "integrate_color": False,
-                                           "depth_max_m": 5.0, "output_dir": "/tmp/x"})
+                                           "depth_max_m": 5.0, "output_dir": "/tmp/x"},
+                                          P.node_core_defaults())
     assert isinstance(cfg.integration.depth_max_m, float)
     ncfg = P.node_config_from_node(node)
     assert (ncfg.pose_topic_type, ncfg.map_frame, ncfg.input_qos) == ("Odometry", "world",
@@ -144,7 +148,7 @@ def test_unknown_overrides_reported(make_node):
                       Parameter("qos_overrides./x.publisher.depth", value=3)])
     P.declare_config_parameters(node)
     assert P.unknown_overrides(node) == ["voxel_size"]
-    assert P.config_from_node(node) == MappingConfig()
+    assert P.config_from_node(node) == P.node_core_defaults()
 
 
 def test_cross_field_rules_checked_when_reading_back(make_node):
@@ -225,10 +229,10 @@ def test_default_yaml_is_the_generated_one():
     values = data["neural_mapping"]["ros__parameters"]
     assert list(values) == [f.name for _, f in P.parameter_fields()]
     cfg, ncfg = P.load_yaml(path)
-    assert cfg == MappingConfig() and ncfg == P.NodeConfig()
+    assert cfg == P.node_core_defaults() and ncfg == P.NodeConfig()
     # the core part is what MappingConfig itself writes
     core, node_part, unknown = P.split_flat(values)
-    assert core == MappingConfig().to_flat() and node_part == P.NodeConfig().to_flat()
+    assert core == P.node_core_defaults().to_flat() and node_part == P.NodeConfig().to_flat()
     assert not unknown
 
 
@@ -251,7 +255,7 @@ def test_params_files_through_rcl(make_node, tmp_path):
     P.declare_config_parameters(node)
     cfg, ncfg = P.config_from_node(node), P.node_config_from_node(node)
     assert cfg == MappingConfig.from_flat({"voxel_size_m": 0.03, "depth_max_m": 4.0,
-                                           "integrate_color": False})
+                                           "integrate_color": False}, P.node_core_defaults())
     assert ncfg == P.NodeConfig(pose_topic_type="TransformStamped", camera_frame="cam_optical")
 
 
@@ -265,7 +269,9 @@ def test_cli_flags_cover_the_core_parameters(make_node):
     ros_core = set(node.get_parameters_by_prefix("")) - P.RESERVED - node_names
     assert dests == ros_core
     # and a value given both ways gives the same config
-    args = parser.parse_args(["--voxel-size-m", "0.04", "--pose-source", "track"])
+    # (the node's realtime default is a CLI flag offline)
+    args = parser.parse_args(["--voxel-size-m", "0.04", "--pose-source", "track",
+                              "--sync-mode", "realtime"])
     from neural_mapping.config import config_from_args
     node2 = make_node([Parameter("voxel_size_m", value=0.04), Parameter("pose_source", value="track")])
     P.declare_config_parameters(node2)

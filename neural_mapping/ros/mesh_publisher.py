@@ -1,4 +1,4 @@
-"""``~/mesh`` publishing state: :class:`~neural_mapping.products.mesh_cache.MeshUpdate` -> serialized
+"""``~/mesh`` publishing state: :class:`~neural_mapping.products.meshing.cache.MeshUpdate` -> serialized
 ``visualization_msgs/MarkerArray`` bytes (no rclpy node needed; ``publisher.publish(bytes)``).
 
 * One TRIANGLE_LIST marker per block with triangles, ``ns`` fixed (default ``"mesh"``) and a
@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from neural_mapping.products.mesh_cache import BlockMesh, MeshUpdate
+from neural_mapping.products.meshing import BlockMesh, MeshUpdate
 from neural_mapping.ros import fast_cdr
 
 __all__ = ["MeshPublisherState", "BYTES_PER_VERTEX", "mbytes_budget"]

@@ -98,6 +98,17 @@ class NodeConfig:
         return cfg
 
 
+# The node maps a live stream: realtime sync (callbacks never block, full queues drop their
+# oldest item, the trajectory is bounded).  Every other core default is the core's own.
+NODE_CORE_DEFAULTS = {"sync_mode": "realtime"}
+
+
+def node_core_defaults() -> MappingConfig:
+    """The core config the node starts from: :class:`MappingConfig` defaults with
+    :data:`NODE_CORE_DEFAULTS` (what ``config/default.yaml`` lists)."""
+    return MappingConfig.from_flat(dict(NODE_CORE_DEFAULTS))
+
+
 # Parameters that may change while the node runs; every other one is declared read_only
 # (structure of the map, threads, topics and frames are fixed at start-up).
 RUNTIME_TUNABLE = frozenset({
@@ -254,7 +265,8 @@ def declare_config_parameters(node, cfg_defaults: Optional[MappingConfig] = None
                               node_defaults: Optional[NodeConfig] = None) -> None:
     """Declare every core and node parameter on ``node`` with its descriptor.
 
-    Defaults come from ``cfg_defaults`` / ``node_defaults`` (the dataclass defaults if None).
+    Defaults come from ``cfg_defaults`` / ``node_defaults`` (if None: :func:`node_core_defaults`
+    and the :class:`NodeConfig` defaults).
     Overrides are checked first (type, range, choices; all problems reported together), then
     rclpy declares them (and checks the ranges again).  An integer override of a
     floating-point parameter (``voxel_size_m: 1`` in YAML) is accepted as a float.  Unknown
@@ -263,7 +275,7 @@ def declare_config_parameters(node, cfg_defaults: Optional[MappingConfig] = None
     from rclpy.exceptions import ParameterException
     from rclpy.parameter import Parameter
     _check_names()
-    cfg_defaults = cfg_defaults if cfg_defaults is not None else MappingConfig()
+    cfg_defaults = cfg_defaults if cfg_defaults is not None else node_core_defaults()
     node_defaults = node_defaults if node_defaults is not None else NodeConfig()
     defaults = {**cfg_defaults.to_flat(), **node_defaults.to_flat()}
     ov = getattr(node, "_parameter_overrides", None)
@@ -339,13 +351,14 @@ def install_parameter_validation(node, on_change=None):
 
 def format_effective_config(cfg: MappingConfig, node_cfg: NodeConfig) -> str:
     """Multi-line ``name = value [unit]`` listing (``*`` marks values differing from the
-    defaults) for the start-up log."""
+    node's defaults) for the start-up log."""
     values = {**cfg.to_flat(), **node_cfg.to_flat()}
+    defaults = {**node_core_defaults().to_flat(), **NodeConfig().to_flat()}
     lines = []
     for sec, f in parameter_fields():
         v = values[f.name]
         unit = f.metadata.get("unit") or ""
-        mark = "*" if v != f.default else " "
+        mark = "*" if v != defaults[f.name] else " "
         lines.append(f"{mark} {sec:<11} {f.name} = {v!r}{' ' + unit if unit else ''}")
     return "\n".join(lines)
 
@@ -353,7 +366,7 @@ def format_effective_config(cfg: MappingConfig, node_cfg: NodeConfig) -> str:
 # ------------------------------------------------------------------------------- YAML
 def default_yaml_dict(cfg: Optional[MappingConfig] = None,
                       node_cfg: Optional[NodeConfig] = None) -> Dict[str, Any]:
-    cfg = cfg if cfg is not None else MappingConfig()
+    cfg = cfg if cfg is not None else node_core_defaults()
     node_cfg = node_cfg if node_cfg is not None else NodeConfig()
     return {NODE_NAME: {"ros__parameters": {**cfg.to_flat(), **node_cfg.to_flat()}}}
 

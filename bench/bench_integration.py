@@ -45,7 +45,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from neural_mapping.backends.tsdf.volume import TSDFVolume, touched_blocks  # noqa: E402
+from neural_mapping.backends.tsdf.integrate import touched_blocks  # noqa: E402
+from neural_mapping.backends.tsdf.volume import TSDFVolume  # noqa: E402
 from neural_mapping.types import CameraIntrinsics, depth_from_uint16  # noqa: E402
 
 

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from neural_mapping.grid.field import FIELD_ATTRIBUTES, VoxelField  # noqa: E402
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid  # noqa: E402
 from neural_mapping.products.meshing import extract_mesh  # noqa: E402
 
@@ -68,19 +69,20 @@ def integrate_open3d(data: Path, frames: int, voxel: float, trunc_vox: float, de
     return vbg
 
 
-def to_grid(vbg, voxel: float, block: int) -> VoxelBlockGrid:
-    """Copy Open3D's blocks into a VoxelBlockGrid (Open3D stores voxels [z, y, x] in a block)."""
+def to_field(vbg, voxel: float, block: int, truncation_m: float) -> VoxelField:
+    """Copy Open3D's blocks into a VoxelField (Open3D stores voxels [z, y, x] in a block)."""
     hm = vbg.hashmap()
     idx = torch.from_numpy(hm.active_buf_indices().cpu().numpy().astype(np.int64))
     keys = torch.from_numpy(hm.key_tensor().cpu().numpy())[idx]
-    grid = VoxelBlockGrid(voxel, block, device="cpu", initial_capacity=max(16, len(idx)))
+    grid = VoxelBlockGrid(voxel, block, attributes=FIELD_ATTRIBUTES, device="cpu",
+                          initial_capacity=max(16, len(idx)))
     _, _ = grid.allocate(keys.int())
     slots = grid.lookup(keys)
-    for name in ("tsdf", "weight", "color"):
-        a = torch.from_numpy(vbg.attribute(name).cpu().numpy())[idx]
+    for ours, theirs in (("sdf", "tsdf"), ("weight", "weight"), ("color", "color")):
+        a = torch.from_numpy(vbg.attribute(theirs).cpu().numpy())[idx]
         a = a.permute(0, 3, 2, 1, 4)  # [n, z, y, x, C] -> [n, x, y, z, C]
-        grid.attrs[name][slots] = a[..., 0] if a.shape[-1] == 1 else a
-    return grid
+        grid.attrs[ours][slots] = a[..., 0] if a.shape[-1] == 1 else a
+    return VoxelField.of_grid(grid, truncation_m)
 
 
 def timed(fn, repeat: int):
@@ -146,30 +148,30 @@ def _coherent_set(coords: np.ndarray, n: int, rng) -> np.ndarray:
     return np.argsort(((coords - seed) ** 2).sum(1), kind="stable")[:n]
 
 
-def _tiled_grid(grid: VoxelBlockGrid, tiles: int) -> VoxelBlockGrid:
-    """``tiles`` (1, 4 or 16) copies of ``grid`` side by side on an x/z square (tile 0 at the
+def _tiled_field(field: VoxelField, tiles: int) -> VoxelField:
+    """``tiles`` (1, 4 or 16) copies of ``field`` side by side on an x/z square (tile 0 at the
     original place): a map ``tiles`` times larger around the very same blocks."""
+    grid = field.grid
     n = grid.num_blocks
     c = grid.active_coords().to(torch.int64)
     ext = c.max(dim=0).values - c.min(dim=0).values + 3
     side = int(round(tiles ** 0.5))
     offs = [(i * int(ext[0]), 0, j * int(ext[2])) for i in range(side) for j in range(side)]
-    big = VoxelBlockGrid(grid.voxel_size_m, grid.block_size, device=grid.device,
-                         initial_capacity=n * tiles, max_capacity=max(300_000, n * tiles),
-                         max_index_cells=1 << 28)
+    big = VoxelBlockGrid(grid.voxel_size_m, grid.block_size, attributes=FIELD_ATTRIBUTES,
+                         device=grid.device, initial_capacity=n * tiles,
+                         max_capacity=max(300_000, n * tiles), max_index_cells=1 << 28)
     allc = torch.cat([c + torch.tensor(o, device=c.device) for o in offs])
     big.allocate(allc.to(torch.int32))
     slots = big.lookup(allc)
-    for name in grid.attrs:
-        big.attrs[name][slots] = grid.attrs[name][:n].repeat((len(offs),) + (1,) * (grid.attrs[name].dim() - 1))
-    return big
+    for name, a in (("sdf", field.sdf), ("weight", field.weight), ("color", field.color)):
+        big.attrs[name][slots] = a[:n].repeat((len(offs),) + (1,) * (a.dim() - 1))
+    return VoxelField.of_grid(big, field.truncation_m)
 
 
 def run_incremental(args) -> None:
     from neural_mapping.datasets import SevenScenes
-    from neural_mapping.products.mesh_cache import MeshCache, MeshUpdate, unpack_block_keys
-    from neural_mapping.products.meshing import extract_block_meshes
-    from neural_mapping.backends.tsdf.volume import TSDFVolume
+    from neural_mapping.products.meshing import MeshCache, MeshUpdate, extract_block_meshes, unpack_block_keys
+    from neural_mapping.backends.tsdf import TSDFVolume
 
     try:
         from neural_mapping.ros.mesh_publisher import MeshPublisherState
@@ -205,7 +207,7 @@ def run_incremental(args) -> None:
             cache.mark_dirty(vol.grid, st["slots"], i)
             if (i + 1) % args.update_every == 0 or i == n - 1:
                 sync()
-                upd = cache.update(vol.grid)
+                upd = cache.update(vol.field())
                 stream.append((1e3 * upd.seconds, upd.dirty_processed, upd.blocks_extracted,
                                len(upd.changed), upd.num_triangles))
                 if pstate is not None:  # incremental messages, no subscriber on this topic
@@ -219,6 +221,7 @@ def run_incremental(args) -> None:
                         ser_ms.append(1e3 * (t1 - t0))
             if (i + 1) not in checkpoints:
                 continue
+            field = vol.field()
             # ---- fixed numbers of dirty blocks at this map size
             keys = list(cache.pieces())
             coords = unpack_block_keys(keys).numpy()
@@ -235,11 +238,11 @@ def run_incremental(args) -> None:
                 for r in range(args.repeat):
                     slots = vol.grid.lookup(torch.as_tensor(fixed_sets[N][r], device=dev))
                     # change them a little (as integration would) so every piece is rebuilt
-                    vol.grid.attrs["tsdf"][slots] += 1e-5 if r % 2 == 0 else -1e-5
-                    cache.mark_dirty(vol.grid, slots, i)
+                    field.sdf[slots] += 1e-5 if r % 2 == 0 else -1e-5
+                    cache.mark_dirty(field, slots, i)
                     sync()
                     t0 = time.perf_counter()
-                    upd = cache.update(vol.grid)
+                    upd = cache.update(field)
                     sync()
                     times.append(time.perf_counter() - t0)
                     extracted.append(upd.blocks_extracted)
@@ -248,13 +251,13 @@ def run_incremental(args) -> None:
                                      "blocks_extracted": int(statistics.median(extracted)),
                                      "triangles_changed": int(statistics.median(tri))}
             sync()
-            _, t_full = timed(lambda: (extract_block_meshes(vol.grid, weight_threshold=wt), sync()), 3)
+            _, t_full = timed(lambda: (extract_block_meshes(field, weight_threshold=wt), sync()), 3)
             point["full_extract_ms"] = round(1e3 * t_full, 1)
             sizes.append(point)
         # ---- the same dirty blocks in maps 1x / 4x / 16x as large (tiled copies of the map)
         tiled = []
         for tiles in (1, 4, 16):
-            big = _tiled_grid(vol.grid, tiles)
+            big = _tiled_field(vol.field(), tiles)
             big_cache = MeshCache(weight_threshold=wt)
             big_cache.mark_all_dirty(big)
             big_cache.update(big)
@@ -262,8 +265,8 @@ def run_incremental(args) -> None:
             for N, sets in sorted(fixed_sets.items()):
                 times, extracted = [], []
                 for r in range(args.repeat):
-                    slots = big.lookup(torch.as_tensor(sets[r], device=dev))
-                    big.attrs["tsdf"][slots] += 1e-5 if r % 2 == 0 else -1e-5
+                    slots = big.grid.lookup(torch.as_tensor(sets[r], device=dev))
+                    big.sdf[slots] += 1e-5 if r % 2 == 0 else -1e-5
                     big_cache.mark_dirty(big, slots)
                     sync()
                     t0 = time.perf_counter()
@@ -398,9 +401,9 @@ def main() -> None:
     t0 = time.perf_counter()
     vbg = integrate_open3d(args.data, args.frames, vs, args.truncation_vox, args.depth_max_m, B)
     t_int = time.perf_counter() - t0
-    grid = to_grid(vbg, vs, B)
+    field = to_field(vbg, vs, B, args.truncation_vox * vs)
 
-    ours, t_ours = timed(lambda: extract_mesh(grid, weight_threshold=args.weight_threshold), args.repeat)
+    ours, t_ours = timed(lambda: extract_mesh(field, weight_threshold=args.weight_threshold), args.repeat)
     o3_mesh, t_o3 = timed(lambda: vbg.extract_triangle_mesh(weight_threshold=args.weight_threshold),
                           args.repeat)
 
@@ -411,7 +414,7 @@ def main() -> None:
     d_ours = cKDTree(o3v).query(ours.vertices)[0] if n_o3v and ours.num_vertices else np.zeros(0)
     d_o3 = cKDTree(ours.vertices).query(o3v)[0] if n_o3v and ours.num_vertices else np.zeros(0)
     res = {
-        "frames": args.frames, "voxel_size_m": vs, "blocks": grid.num_blocks,
+        "frames": args.frames, "voxel_size_m": vs, "blocks": field.num_blocks,
         "torch_threads": torch.get_num_threads(), "open3d_integrate_s": round(t_int, 2),
         "open3d_extract_ms": round(1e3 * t_o3, 1), "ours_extract_ms": round(1e3 * t_ours, 1),
         "open3d_vertices": n_o3v, "open3d_triangles": n_o3t,

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from neural_mapping.config import OccupancyConfig  # noqa: E402
 from neural_mapping.datasets import open_dataset  # noqa: E402
 from neural_mapping.products import occupancy as O  # noqa: E402
-from neural_mapping.backends.tsdf.volume import TSDFVolume  # noqa: E402
+from neural_mapping.backends.tsdf import TSDFVolume  # noqa: E402
 
 GRAVITY_7SCENES = np.array([-0.0089, 0.9044, 0.4265])
 
@@ -85,8 +85,9 @@ def main(argv=None) -> int:
         base = OccupancyConfig()
         for fr in frames:
             vol.integrate(fr)
+        field = vol.field()
         # floor: low percentile of occupied voxel heights in the rotated frame
-        xyz, _ = O.occupied_voxels(vol, base, T_rot, with_color=False)
+        xyz, _ = O.occupied_voxels(field, base, T_rot, with_color=False)
         floor = float(np.percentile(xyz[:, 2], 0.5))
         T = T_rot.copy()
         T[:3, 3] = floor * T_rot[:3, 2]  # map origin on the floor plane: map z = height above it
@@ -97,8 +98,9 @@ def main(argv=None) -> int:
         for k, fr in enumerate(frames):
             vol_inc.integrate(fr)
             if (k + 1) % 10 == 0:
+                field_inc = vol_inc.field()
                 t0 = time.perf_counter()
-                omap_inc.update(vol_inc)
+                omap_inc.update(field_inc)
                 inc_ms.append((time.perf_counter() - t0) * 1e3)
         del vol_inc
         run = {"voxel_size_m": vs, "blocks": vol.grid.num_blocks, "floor_offset_m": floor,
@@ -110,8 +112,8 @@ def main(argv=None) -> int:
             cfg = dataclasses.replace(base, occupancy_resolution_m=res)
             omap = O.OccupancyMap2D(cfg, T)
             for _ in range(2):  # warm-up, sets the bounds
-                omap.update(vol)
-            g, t_grid = timed(lambda: omap.update(vol), args.repeats)
+                omap.update(field)
+            g, t_grid = timed(lambda: omap.update(field), args.repeats)
             _, t_esdf = timed(lambda: O.esdf_slice(g, cfg), args.repeats)
             _, t_cost = timed(lambda: O.inflated_costmap(g, cfg), args.repeats)
             r = {"resolution_m": g.resolution_m, "size": [g.width, g.height], "counts": g.counts(),
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
             run["resolutions"].append(r)
             rows.append((vs, g.resolution_m, vol.grid.num_blocks, f"{g.width}x{g.height}",
                          t_grid["median"], t_esdf["median"], t_cost["median"]))
-        (pts, rgb), t_occ = timed(lambda: O.occupied_voxels(vol, base, T), args.repeats)
+        (pts, rgb), t_occ = timed(lambda: O.occupied_voxels(field, base, T), args.repeats)
         run["occupied_voxels_ms"] = t_occ
         run["occupied_voxels"] = int(pts.shape[0])
         result["runs"].append(run)

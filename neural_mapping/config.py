@@ -54,6 +54,10 @@ class IntegrationConfig:
     max_weight: float = param(64.0, "Cap on the accumulated TSDF weight per voxel (a moving "
                               "average past it, so the map can adapt).", lo=1.0, hi=1e6)
     integrate_color: bool = param(True, "Fuse color with the same weights as the TSDF.")
+    alloc_stride_px: int = param(4, "Every n-th pixel (both axes) of a depth image allocates the "
+                                 "blocks its truncation band touches (4 as Open3D; "
+                                 "bench/bench_integration.py --coverage measures what it misses).",
+                                 unit="px", lo=1, hi=64)
 
 
 @dataclass
@@ -74,10 +78,13 @@ class RunConfig:
 @dataclass
 class SystemConfig:
     sync_mode: str = param(
-        "realtime", "strict: every frame is tracked then mapped, in order, nothing dropped (offline "
-        "runs, tests; deterministic). realtime: tracking always takes the newest frame, full queues "
-        "drop their oldest item (counted), latency stays bounded (live robots).",
-        choices=("strict", "realtime"))
+        "strict", "strict: every frame is tracked then mapped, in order, nothing dropped (library "
+        "use, offline runs, tests; deterministic). realtime: tracking always takes the newest frame, "
+        "full queues drop their oldest item (counted), latency stays bounded (live robots; the ROS "
+        "node's default).", choices=("strict", "realtime"))
+    trajectory_max_poses: int = param(
+        10000, "realtime mode keeps the last this many poses in the trajectory (bounded memory on "
+        "a live robot); strict mode keeps every pose.", unit="poses", lo=1, hi=100_000_000)
     frame_queue_size: int = param(2, "Frames waiting for the tracking thread.", unit="frames", lo=1, hi=1000)
     map_queue_size: int = param(4, "Tracked frames waiting for the mapping thread.", unit="frames",
                                 lo=1, hi=1000)
@@ -101,8 +108,11 @@ class SystemConfig:
 
 @dataclass
 class TrackingConfig:
-    """Frame-to-model ICP (pose_source track / external+refine). Pyramid iterations and
-    per-level association distances keep the tracker's defaults (tracking.TrackerConfig)."""
+    """Frame-to-model ICP (pose_source track / external+refine), see
+    ``neural_mapping/tracking/tracker.py``.  The depth range is the integration's
+    (``depth_min_m`` / ``depth_max_m``); the consecutive-failure count is the pose policy's
+    (``lost_after_failures``).  The pyramid has three levels (about 320, 160, 80 px wide):
+    iterations and association distances are one field per level."""
 
     tracking_width_px: int = param(320, "The frame is block-averaged to about this width before "
                                    "the pyramid (640 -> 320).", unit="px", lo=32, hi=4096)
@@ -110,16 +120,49 @@ class TrackingConfig:
                                          "aligned to (the model view).", unit="px", lo=32, hi=4096)
     tracking_point_stride: int = param(1, "Use every n-th valid pixel of the finest pyramid level "
                                        "(its iterations dominate the tracking time).", lo=1, hi=64)
+    tracking_iterations_coarse: int = param(
+        6, "Gauss-Newton iterations on the coarsest pyramid level (a quarter of "
+        "tracking_width_px; 0 = skip the level).", unit="iterations", lo=0, hi=100)
+    tracking_iterations_mid: int = param(
+        4, "Gauss-Newton iterations on the middle pyramid level (half of tracking_width_px; "
+        "0 = skip the level).", unit="iterations", lo=0, hi=100)
+    tracking_iterations_fine: int = param(
+        3, "Gauss-Newton iterations on the finest pyramid level (tracking_width_px).",
+        unit="iterations", lo=1, hi=100)
+    tracking_max_dist_coarse_m: float = param(
+        0.10, "Data association on the coarsest level: largest distance between a frame point "
+        "and its model point.", unit="m", lo=1e-3, hi=10.0)
+    tracking_max_dist_mid_m: float = param(
+        0.05, "Data association on the middle level: largest point distance.", unit="m",
+        lo=1e-3, hi=10.0)
+    tracking_max_dist_fine_m: float = param(
+        0.03, "Data association on the finest level: largest point distance.", unit="m",
+        lo=1e-3, hi=10.0)
     tracking_max_angle_deg: float = param(30.0, "Largest angle between frame and model normals of "
                                           "an associated pair.", unit="deg", lo=1.0, hi=90.0)
     tracking_huber_m: float = param(0.01, "Huber threshold on point-to-plane residuals.", unit="m",
                                     lo=1e-4, hi=1.0)
     tracking_depth_noise_weighting: bool = param(
         True, "Weight residuals by the depth noise model (sigma ~ z^2).")
+    tracking_eps_trans_m: float = param(
+        1e-4, "A pyramid level stops when an update translates less than this (and rotates less "
+        "than tracking_eps_rot_rad).", unit="m", lo=0.0, hi=1.0)
+    tracking_eps_rot_rad: float = param(
+        1e-4, "A pyramid level stops when an update rotates less than this (and translates less "
+        "than tracking_eps_trans_m).", unit="rad", lo=0.0, hi=1.0)
+    tracking_min_valid_points: int = param(
+        300, "Fewer valid points on the finest level: the frame fails (no_depth); fewer valid "
+        "model pixels: no_model.", unit="points", lo=6, hi=10_000_000)
     tracking_min_inliers: int = param(200, "Fewer associated pairs: the frame fails (few_inliers).",
                                       lo=6, hi=10_000_000)
+    tracking_min_inlier_ratio: float = param(
+        0.15, "Fewer associated pairs than this fraction of the valid points: the frame fails "
+        "(few_inliers).", lo=0.0, hi=1.0)
     tracking_max_rms_m: float = param(0.02, "Robust RMS residual above this: the frame fails "
                                       "(large_residual).", unit="m", lo=1e-4, hi=1.0)
+    tracking_degenerate_ratio: float = param(
+        1e-4, "Smallest / largest eigenvalue of the (depth-normalised) 6x6 ICP system below this: "
+        "the frame fails (degenerate, e.g. a flat wall).", lo=0.0, hi=1.0)
     tracking_max_motion_m: float = param(0.30, "Estimate further than this from the initial guess: "
                                          "the frame fails (large_motion).", unit="m", lo=0.001, hi=100.0)
     refine_time_constant_s: float = param(
@@ -129,6 +172,10 @@ class TrackingConfig:
         unit="s", lo=0.0, hi=3600.0)
     tracking_max_motion_deg: float = param(30.0, "Rotation from the initial guess above this: the "
                                            "frame fails (large_motion).", unit="deg", lo=0.1, hi=180.0)
+    tracking_model_margin_trunc: float = param(
+        1.5, "The model view after a fused frame marches each ray only within this many truncation "
+        "distances of that frame's depths around its pixel (0 = march the whole depth range).",
+        unit="truncation distances", lo=0.0, hi=100.0)
 
 
 @dataclass

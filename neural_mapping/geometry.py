@@ -13,6 +13,7 @@ Conventions
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -27,12 +28,6 @@ def hat(w) -> np.ndarray:
     """Skew-symmetric matrix ``[w]_x`` with ``hat(w) @ p == cross(w, p)``."""
     w = np.asarray(w, dtype=np.float64)
     return np.array([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]])
-
-
-def vee(W) -> np.ndarray:
-    """Inverse of :func:`hat` (antisymmetric part of ``W``)."""
-    W = np.asarray(W, dtype=np.float64)
-    return 0.5 * np.array([W[2, 1] - W[1, 2], W[0, 2] - W[2, 0], W[1, 0] - W[0, 1]])
 
 
 def make_pose(R, t) -> np.ndarray:
@@ -188,14 +183,47 @@ def se3_log(T) -> np.ndarray:
 
 def interpolate_pose(T0, T1, alpha: float) -> np.ndarray:
     """Pose between ``T0`` (alpha = 0) and ``T1`` (alpha = 1): translation lerp, rotation
-    slerp (``R0 exp(alpha log(R0^T R1))``).  ``alpha`` outside [0, 1] extrapolates; callers
-    that must never extrapolate (:class:`~neural_mapping.system.pose_buffer.PoseBuffer`) check it."""
+    slerp (``R0 exp(alpha log(R0^T R1))``).  ``alpha`` outside [0, 1] extrapolates; to look
+    a pose up in a trajectory (never extrapolated) use :func:`pose_at_stamp`."""
     T0 = np.asarray(T0, dtype=np.float64)
     T1 = np.asarray(T1, dtype=np.float64)
     R0, R1 = T0[:3, :3], T1[:3, :3]
     R = R0 @ so3_exp(alpha * so3_log(R0.T @ R1))
     t = (1.0 - alpha) * T0[:3, 3] + alpha * T1[:3, 3]
     return make_pose(orthonormalize(R), t)
+
+
+# Statuses of pose_at_stamp.
+STAMP_OK, STAMP_BEFORE, STAMP_AFTER, STAMP_GAP = "ok", "before", "after", "gap"
+
+
+def pose_at_stamp(stamps: Sequence, poses: Sequence, t, max_gap=None) -> Tuple[str, Optional[np.ndarray]]:
+    """The pose of a trajectory at stamp ``t``, never extrapolated: ``(status, T)``.
+
+    ``stamps`` sorted ascending (a list or array; any unit, e.g. seconds or integer
+    nanoseconds -- ``t`` and ``max_gap`` in the same unit), ``poses[i]`` the 4x4 pose at
+    ``stamps[i]``.  Statuses (``T`` is None unless ``ok``):
+
+    ``ok``      a copy of the pose at an equal stamp, else :func:`interpolate_pose` between
+                the two samples that bracket ``t``;
+    ``before``  ``t`` is older than the first sample;
+    ``after``   ``t`` is newer than the last sample (or there is none);
+    ``gap``     the bracketing samples are more than ``max_gap`` apart (None: no limit).
+
+    The one lookup behind :meth:`PoseBuffer.query <neural_mapping.system.pose_buffer.PoseBuffer.query>`,
+    the TUM ground truth and the rosbag pose topic."""
+    n = len(stamps)
+    if n == 0 or t > stamps[n - 1]:
+        return STAMP_AFTER, None
+    if t < stamps[0]:
+        return STAMP_BEFORE, None
+    j = bisect.bisect_left(stamps, t)
+    if stamps[j] == t:
+        return STAMP_OK, np.array(poses[j], dtype=np.float64)
+    t0, t1 = stamps[j - 1], stamps[j]
+    if max_gap is not None and t1 - t0 > max_gap:
+        return STAMP_GAP, None
+    return STAMP_OK, interpolate_pose(poses[j - 1], poses[j], float(t - t0) / float(t1 - t0))
 
 
 def pose_distance(T0, T1) -> Tuple[float, float]:

@@ -325,6 +325,41 @@ def test_decoding_sync_and_pose_interpolation(tmp_path, depth_enc, big, pad, col
         assert len(ds) == n and not ds.has_ground_truth
 
 
+def test_bag_pose_topic_drops_non_finite_and_bad_quaternions(tmp_path):
+    """The bag path decodes poses with the node's decoder (msg_decode.pose_sample_from_msg):
+    a NaN position, an all-zero quaternion and a quaternion far from unit norm are dropped
+    (counted as bad_pose), and frames interpolate between the good poses around them."""
+    store = typestore()
+    t0, period = 1_700_000_000 * 10**9, 100_000_000
+    d_msgs = [(t0 + k * period, _image(store, t0 + k * period, np.full((4, 6), 1000, np.uint16), "16UC1"))
+              for k in range(5)]
+    c_msgs = [(ns, _image(store, ns, np.zeros((4, 6, 3), np.uint8), "rgb8")) for ns, _ in d_msgs]
+    good = {0: pose_from_tq([0, 0, 0], [0, 0, 0, 1]), 4: pose_from_tq([0.4, 0, 0], [0, 0, 0.2, 1])}
+    kind = "geometry_msgs/msg/PoseStamped"
+    poses = [(t0, _pose_msg(store, kind, t0, good[0])), (t0 + 4 * period, _pose_msg(store, kind, t0 + 4 * period, good[4]))]
+    for k, (pos, quat) in {1: ((np.nan, 0, 0), (0, 0, 0, 1)), 2: ((5, 5, 5), (0, 0, 0, 0)),
+                           3: ((5, 5, 5), (0, 0, 0, 3))}.items():
+        m = _pose_msg(store, kind, t0 + k * period, np.eye(4))
+        m.pose.position.x, m.pose.position.y, m.pose.position.z = (float(v) for v in pos)
+        o = m.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in quat)
+        poses.append((t0 + k * period, m))
+    info = store.types["sensor_msgs/msg/CameraInfo"](
+        header=_header(store, t0), height=4, width=6, distortion_model="plumb_bob", d=np.zeros(5),
+        k=np.array([5.0, 0, 2.5, 0, 5.0, 1.5, 0, 0, 1]), r=np.eye(3).reshape(-1), p=np.zeros(12),
+        binning_x=0, binning_y=0,
+        roi=store.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                            do_rectify=False))
+    _write_bag(tmp_path / "bag", d_msgs, c_msgs, info, kind, poses)
+    with RosbagDataset(tmp_path / "bag", depth_topic="/cam/depth/image", color_topic="/cam/color/image",
+                       camera_info_topic="/cam/depth/camera_info", pose_topic="/pose", optional=()) as ds:
+        assert dict(ds.dropped_messages) == {"bad_pose": 3}
+        assert len(ds) == 5 and ds.no_ground_truth == 0
+        for k in range(5):
+            expect = interpolate_pose(good[0], good[4], k / 4)
+            np.testing.assert_allclose(ds[k].pose, expect, atol=1e-12)
+
+
 def test_bad_encodings_are_rejected_with_the_supported_list():
     store = typestore()
     img = _image(store, 0, np.zeros((2, 3), np.uint16), "16UC1")

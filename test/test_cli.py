@@ -162,7 +162,7 @@ def test_pipeline_skips_frames_without_pose(tmp_path):
 
 
 def test_birds_eye_view_sees_the_points():
-    from neural_mapping.app.pipeline import birds_eye_view, look_at
+    from neural_mapping.app.pictures import birds_eye_view, look_at
 
     T = look_at([0, 0, 2], [1, 0, 0], [0, 0, 1])
     np.testing.assert_allclose(T[:3, 2], np.array([1, 0, -2]) / np.sqrt(5))
@@ -176,3 +176,76 @@ def test_birds_eye_view_sees_the_points():
     assert np.all(p[2] > 0) and p[2].max() < dmax
     assert np.mean((u >= 0) & (u < 160) & (v >= 0) & (v < 120)) > 0.97
     assert T[2, 3] > 1.0  # above the scene
+
+
+def test_metrics_json_is_written_once_and_complete(tmp_path, monkeypatch):
+    """metrics.json is written once, after everything is known (occupancy cells, wall time), and
+    holds exactly the run's metrics; every file the run writes is named in the docs."""
+    import builtins
+
+    from neural_mapping.app.pipeline import run
+    from neural_mapping.io import images
+
+    writes = []
+
+    def counting_open(path, mode="r", *a, **kw):
+        if "w" in mode and str(path).endswith("metrics.json"):
+            writes.append(str(path))
+        return builtins.open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(images, "open", counting_open, raising=False)
+    ds = SyntheticRoom(num_frames=60, width=64, height=48, stride=10)
+    cfg = MappingConfig.from_flat({"voxel_size_m": 0.08, "depth_max_m": 5.0, "device": "cpu",
+                                   "render_width_px": 48, "sync_mode": "strict"})
+    res = run(ds, cfg, out_dir=tmp_path / "o", progress=False)
+    assert writes == [str(tmp_path / "o" / "metrics.json")]
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m == json.loads(json.dumps(images._jsonable(res.metrics)))
+    for k in ("wall_s", "occupancy_occupied_cells", "occupancy_free_cells", "occupancy_unknown_cells",
+              "occupancy_resolution_m", "backend", "mesh_triangles", "blocks"):
+        assert k in m, k
+    assert m["occupancy_occupied_cells"] > 0 and m["wall_s"] > 0
+    # the views looked from beyond the sensor range; the backend's own range is back
+    assert (res.backend.depth_min_m, res.backend.depth_max_m) == (cfg.integration.depth_min_m, 5.0)
+    written = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert written == sorted(RUN_OUTPUTS) == sorted(p.name for p in res.files.values())
+    from neural_mapping.app import outputs, pictures
+    run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    for name in written:
+        assert name in run_help, name
+        assert name in outputs.__doc__ + pictures.__doc__, name
+
+
+def _group_options(parser, command, title):
+    sub = parser._subparsers._group_actions[0].choices[command]
+    group = next(g for g in sub._action_groups if g.title == title)
+    return [(a.option_strings, a.help, a.default) for a in group._group_actions]
+
+
+def test_run_and_make_bag_share_the_dataset_options():
+    p = build_parser()
+    assert _group_options(p, "run", "dataset options") == _group_options(p, "make-bag", "dataset options")
+
+
+def test_make_bag_frame_selection_comes_from_the_config(tmp_path, capsys):
+    from neural_mapping.datasets import RosbagDataset
+    from neural_mapping.app.cli import offline_config
+
+    args = build_parser().parse_args(["make-bag", "synthetic", str(tmp_path / "b")])
+    cfg = offline_config(args, "make-bag")
+    default = MappingConfig()
+    assert (cfg.run.max_frames, cfg.run.frame_stride) == (default.run.max_frames, default.run.frame_stride)
+    common = ["--synthetic-frames", "20", "--synthetic-size", "32x24", "--no-progress", "--no-color"]
+    assert main(["make-bag", "synthetic", str(tmp_path / "b"), "--max-frames", "3", "--frame-stride", "4"]
+                + common) == 0, capsys.readouterr().err
+    with RosbagDataset(tmp_path / "b") as ds:
+        assert len(ds) == 3
+        np.testing.assert_allclose(np.diff(ds.timestamps), 4 / 30, atol=1e-6)
+    (tmp_path / "c.yaml").write_text("max_frames: 2\nframe_stride: 5\n")
+    assert main(["make-bag", "synthetic", str(tmp_path / "c"), "--config", str(tmp_path / "c.yaml")]
+                + common) == 0
+    with RosbagDataset(tmp_path / "c") as ds:
+        assert len(ds) == 2
+        np.testing.assert_allclose(np.diff(ds.timestamps), 5 / 30, atol=1e-6)
+    assert main(["make-bag", "synthetic", str(tmp_path / "d"), "--frame-stride", "0"] + common) == 2
+    assert "frame_stride" in capsys.readouterr().err

@@ -84,6 +84,22 @@ def test_interpolate_pose_endpoints_and_midpoint():
     np.testing.assert_allclose(g.interpolate_pose(T0, T1, 0.3)[:3, :3], g.quat_to_rot(q), atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1.0, 10**9])  # seconds (float) or nanoseconds (int)
+def test_pose_at_stamp_never_extrapolates(scale):
+    poses = [g.se3_exp([0.1 * k, 0.0, 0.2, 0.0, 0.1 * k, 0.0]) for k in range(3)]
+    stamps = np.array([1, 2, 4]) * (10**9 if scale != 1.0 else 1.0)
+    if scale != 1.0:
+        stamps = stamps.astype(np.int64)
+    at = lambda t, gap=None: g.pose_at_stamp(stamps, poses, t * (10**9 if scale != 1.0 else 1.0), gap)  # noqa: E731
+    assert at(0.5) == ("before", None) and at(4.5) == ("after", None)
+    assert g.pose_at_stamp([], [], 1.0) == ("after", None)
+    status, T = at(2)
+    assert status == "ok" and np.array_equal(T, poses[1]) and T is not poses[1]
+    status, T = at(3)
+    np.testing.assert_allclose(T, g.interpolate_pose(poses[1], poses[2], 0.5), atol=1e-12)
+    assert at(3, 1.5 * stamps[0])[0] == "gap" and at(1.5, 1.5 * stamps[0])[0] == "ok"
+
+
 def test_tum_roundtrip():
     T = g.se3_exp([0.5, -1.0, 2.0, 0.3, 0.2, -1.0])
     row = g.pose_to_tum(T, 12.5)

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from neural_mapping import kernels
-from neural_mapping.grid.raycast import raycast
 from neural_mapping.tracking.tracker import Tracker
 
 from _synthetic_scene import K_QVGA as K, render_depth
@@ -26,29 +25,32 @@ def test_image_kernels_match_eager():
 
 def test_march_and_icp_match_eager(monkeypatch):
     from neural_mapping.backends.tsdf.volume import TSDFVolume
+    from neural_mapping.config import MappingConfig
+    from neural_mapping.grid.sampling import trilinear
+
     d0 = render_depth(T0, K)
     vol = TSDFVolume(voxel_size_m=0.02, truncation_m=0.08, depth_max_m=4.0, device="cpu")
     vol.integrate(d0, K, T0)
     Ks = K.scaled(0.5)
-    scripted = raycast(vol, Ks, T0)
+    scripted = vol.render(Ks, T0)
     monkeypatch.setattr(kernels, "march", kernels.march.eager)
-    eager = raycast(vol, Ks, T0)
+    eager = vol.render(Ks, T0)
     assert scripted.valid.float().mean() > 0.8
     assert torch.equal(scripted.valid, eager.valid) and scripted.steps == eager.steps
     torch.testing.assert_close(scripted.depth, eager.depth, rtol=0, atol=1e-6)
     monkeypatch.undo()
 
-    from neural_mapping.backends.tsdf.volume import trilinear
+    field = vol.field()
     pts = scripted.points_world[scripted.valid].T.contiguous()
-    a = trilinear(vol.grid, pts, with_grad=True)
+    a = trilinear(field, pts, with_grad=True, with_color=True)
     monkeypatch.setattr(kernels, "trilinear", kernels.trilinear.eager)
-    b = trilinear(vol.grid, pts, with_grad=True)
+    b = trilinear(field, pts, with_grad=True, with_color=True)
     monkeypatch.undo()
-    assert a["tsdf"].abs().median() < 0.05  # points on the surface
-    for k in ("tsdf", "weight", "grad"):
+    assert a["sdf"].abs().median() < 0.05  # points on the surface
+    for k in ("sdf", "weight", "grad", "color"):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
-    tr = Tracker()
+    tr = Tracker.from_config(MappingConfig.from_flat({"depth_max_m": 4.0}), "cpu")
     view = tr.predict(vol, K, T0, d0)
     pyr, _ = tr._pyramid(render_depth(T0, K), K)
     L = pyr[-1]

@@ -1,9 +1,10 @@
-"""Marching cubes over the voxel-block grid, on analytic SDFs written straight into the grid."""
+"""Marching cubes over a VoxelField, on analytic SDFs written straight into the field."""
 
 import numpy as np
 import pytest
 import torch
 
+from neural_mapping.grid.field import FIELD_ATTRIBUTES, VoxelField
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid
 from neural_mapping.products.meshing import (
     CORNER_OFFSETS, EDGE_CORNERS, BlockMeshes, Mesh, build_case_tables, decode_edge_keys,
@@ -29,10 +30,17 @@ def sdf_color(p):
     return 127.5 + 250.0 * (p - CENTER)
 
 
+def field_of(blocks, B=8, device="cpu", trunc=TRUNC, color=True) -> VoxelField:
+    """A field on a grid of its own with the given block coordinates allocated."""
+    specs = FIELD_ATTRIBUTES if color else FIELD_ATTRIBUTES[:2]
+    g = VoxelBlockGrid(VOX, B, attributes=specs, device=device, initial_capacity=64)
+    g.allocate(torch.as_tensor(blocks, dtype=torch.int32, device=device))
+    return VoxelField.of_grid(g, trunc)  # after allocating: the pool does not move any more
+
+
 def make_grid(sdf, extent=0.45, B=8, device="cpu", dense=False, trunc=TRUNC):
-    """Blocks around the band |sdf| < trunc (or every block of the box if ``dense``), tsdf =
-    sdf / trunc clamped, weight 1 inside the band, color linear in position."""
-    g = VoxelBlockGrid(VOX, B, device=device, initial_capacity=64)
+    """Field with the blocks around the band |sdf| < trunc (or every block of the box if
+    ``dense``), sdf / trunc clamped, weight 1 inside the band, color linear in position."""
     bs = VOX * B
     lo = int(np.floor((float(CENTER.min()) - extent) / bs))
     hi = int(np.floor((float(CENTER.max()) + extent) / bs))
@@ -43,12 +51,12 @@ def make_grid(sdf, extent=0.45, B=8, device="cpu", dense=False, trunc=TRUNC):
     p = (vox.double() + 0.5) * VOX
     d = sdf(p)
     keep = torch.ones(len(bc), dtype=torch.bool) if dense else (d.abs() < trunc).flatten(1).any(1)
-    _, slots = g.allocate(bc[keep].int())
-    order = slots.cpu()
-    g.attrs["tsdf"][order] = (d[keep] / trunc).clamp(-1, 1).float().to(device)
-    g.attrs["weight"][order] = (d[keep].abs() < trunc).float().to(device)
-    g.attrs["color"][order] = sdf_color(p[keep]).clamp(0, 255).float().to(device)
-    return g
+    f = field_of(bc[keep], B, device, trunc)
+    order = f.grid.lookup(bc[keep].to(device)).cpu()
+    f.sdf[order] = (d[keep] / trunc).clamp(-1, 1).float().to(device)
+    f.weight[order] = (d[keep].abs() < trunc).float().to(device)
+    f.color[order] = sdf_color(p[keep]).clamp(0, 255).float().to(device)
+    return f
 
 
 def edge_use_counts(tris):
@@ -168,25 +176,25 @@ def test_box_mesh_is_accurate_watertight_and_outward(device):
 def test_random_field_gives_a_closed_oriented_manifold(seed):
     """Noise exercises every case, ambiguous faces included; a positive border closes the surface.
     With random unobserved voxels the surface has holes but stays an oriented manifold."""
-    g = VoxelBlockGrid(VOX, 4, device="cpu", initial_capacity=64)
     r = torch.arange(3)
     bc = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3).int()
-    _, slots = g.allocate(bc)
+    g = field_of(bc, B=4)
+    slots = g.grid.lookup(bc)
     gen = torch.Generator().manual_seed(seed)
     field = torch.rand((12, 12, 12), generator=gen) * 2 - 1
     field[[0, -1]] = 1
     field[:, [0, -1]] = 1
     field[:, :, [0, -1]] = 1
-    coords = g.block_coords[slots].long()
+    coords = g.grid.block_coords[slots].long()
     for s, c in zip(slots.tolist(), coords.tolist()):
         x, y, z = (4 * k for k in c)
-        g.attrs["tsdf"][s] = field[x:x + 4, y:y + 4, z:z + 4]
-    g.attrs["weight"][slots] = 1.0
+        g.sdf[s] = field[x:x + 4, y:y + 4, z:z + 4]
+    g.weight[slots] = 1.0
     mesh = extract_mesh(g)
     assert mesh.num_triangles > 500
     assert (edge_use_counts(mesh.triangles) == 2).all()
     assert directed_edges_unique(mesh.triangles)
-    g.attrs["weight"][slots] = (torch.rand((len(slots), 4, 4, 4), generator=gen) > 0.1).float()
+    g.weight[slots] = (torch.rand((len(slots), 4, 4, 4), generator=gen) > 0.1).float()
     holed = extract_mesh(g)
     counts = edge_use_counts(holed.triangles)
     assert 0 < holed.num_triangles < mesh.num_triangles and counts.max() == 2 and counts.min() == 1
@@ -242,11 +250,11 @@ def test_unobserved_and_missing_voxels_are_skipped():
     # touching it disappear, leaving a hole with a boundary.
     bm = extract_block_meshes(g)
     s = int(bm.triangle_slots.mode().values)
-    g.attrs["weight"][s] = 0
+    g.weight[s] = 0
     holed = extract_mesh(g)
     assert 0 < holed.num_triangles < full.num_triangles
     assert (edge_use_counts(holed.triangles) == 1).any()
-    lo = g.block_coords[s].double() * g.block_size_m + 0.5 * VOX
+    lo = g.grid.block_coords[s].double() * g.grid.block_size_m + 0.5 * VOX
     hi = lo + (g.block_size - 1) * VOX
     inside = ((holed.vertices > lo.numpy() + 1e-6) & (holed.vertices < hi.numpy() - 1e-6)).all(1)
     assert not inside.any()
@@ -256,14 +264,13 @@ def test_unobserved_and_missing_voxels_are_skipped():
 def test_single_negative_voxel_gives_an_octahedron_and_needs_all_corners(voxel):
     """One negative voxel: its 8 cubes (spread over up to 8 blocks) close an octahedron.
     Unobserving it, or a voxel of the 3^3 around it, removes exactly the cubes it is in."""
-    g = VoxelBlockGrid(VOX, 8, device="cpu")
     v = torch.tensor(voxel)
     near = v + torch.stack(torch.meshgrid(*[torch.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    g.allocate(torch.div(near, 8, rounding_mode="floor").int())
-    g.attrs["weight"][: g.num_blocks] = 1.0
-    slot = g.lookup(torch.div(v, 8, rounding_mode="floor")[None])[0]
+    g = field_of(torch.unique(torch.div(near, 8, rounding_mode="floor"), dim=0))
+    g.weight[: g.num_blocks] = 1.0
+    slot = g.grid.lookup(torch.div(v, 8, rounding_mode="floor")[None])[0]
     loc = tuple((v % 8).tolist())
-    g.attrs["tsdf"][(slot,) + loc] = -1.0
+    g.sdf[(slot,) + loc] = -1.0
     mesh = extract_mesh(g)
     assert mesh.num_vertices == 6 and mesh.num_triangles == 8
     assert (edge_use_counts(mesh.triangles) == 2).all() and directed_edges_unique(mesh.triangles)
@@ -273,29 +280,27 @@ def test_single_negative_voxel_gives_an_octahedron_and_needs_all_corners(voxel):
     assert ((face_normals(mesh) * outward).sum(1) > 0).all()  # away from the negative voxel
     for offset in [(0, 0, 0), (1, 1, 1), (-1, -1, -1), (1, -1, 0), (0, 0, 1), (-1, 0, 0)]:
         u = v + torch.tensor(offset)
-        s = g.lookup(torch.div(u, 8, rounding_mode="floor")[None])[0]
+        s = g.grid.lookup(torch.div(u, 8, rounding_mode="floor")[None])[0]
         lu = (s,) + tuple((u % 8).tolist())
-        g.attrs["weight"][lu] = 0.0
+        g.weight[lu] = 0.0
         n = extract_mesh(g).num_triangles
-        g.attrs["weight"][lu] = 1.0
+        g.weight[lu] = 1.0
         shared = int(np.prod([2 - abs(o) for o in offset]))  # of the 8 cubes, those containing u
         assert n == 8 - shared, offset
 
 
 def test_dependent_slots_are_the_minus_neighbours():
-    g = VoxelBlockGrid(VOX, 8, device="cpu")
     coords = torch.tensor([[0, 0, 0], [-1, 0, 0], [-1, -1, -1], [1, 0, 0], [0, -1, 0], [5, 5, 5]])
-    _, slots = g.allocate(coords.int())
-    dep = dependent_slots(g, g.lookup(torch.tensor([[0, 0, 0]])))
-    expect = g.lookup(torch.tensor([[0, 0, 0], [-1, 0, 0], [-1, -1, -1], [0, -1, 0]]))
+    g = field_of(coords)
+    dep = dependent_slots(g, g.grid.lookup(torch.tensor([[0, 0, 0]])))
+    expect = g.grid.lookup(torch.tensor([[0, 0, 0], [-1, 0, 0], [-1, -1, -1], [0, -1, 0]]))
     assert sorted(dep.tolist()) == sorted(expect.tolist())
 
 
 def test_empty_grid_and_empty_selection():
-    g = VoxelBlockGrid(VOX, 8, device="cpu")
-    mesh = extract_mesh(g)
+    mesh = extract_mesh(field_of(torch.zeros((0, 3))))
     assert mesh.is_empty() and mesh.vertices.shape == (0, 3) and mesh.triangles.shape == (0, 3)
-    g.allocate(torch.tensor([[0, 0, 0]], dtype=torch.int32))  # allocated, never observed
+    g = field_of([[0, 0, 0]])  # allocated, never observed
     assert extract_mesh(g).is_empty()
     assert extract_block_meshes(g, []).num_triangles == 0
     with pytest.raises(ValueError):
@@ -316,3 +321,16 @@ def test_write_ply_round_trip(tmp_path):
     assert o3m.is_edge_manifold() and o3m.is_watertight()
     write_ply(Mesh.empty(), tmp_path / "empty.ply")  # Open3D alone refuses empty meshes
     assert (tmp_path / "empty.ply").read_bytes().startswith(b"ply\n")
+
+
+def test_only_a_field_is_meshed_and_color_is_optional():
+    """Products read a VoxelField, never a bare grid; a field without color meshes in grey."""
+    f = make_grid(sphere_sdf)
+    with pytest.raises(TypeError, match="VoxelField"):
+        extract_mesh(f.grid)
+    with pytest.raises(TypeError, match="VoxelField"):
+        dependent_slots(f.grid, [0])
+    grey = VoxelField(f.grid, f.sdf, f.weight, None, f.truncation_m)
+    a, b = extract_mesh(f), extract_mesh(grey)
+    assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.triangles, b.triangles)
+    assert (b.colors == 200).all() and not (a.colors == 200).all()

@@ -198,3 +198,62 @@ def test_bag_reader_wraps_errors_as_dataset_errors_with_the_same_message():
     rgb = image(2, 2, "rgb8", [r.tobytes() for r in RGB], step=6)
     out = decode_color(rgb)  # the bag reader always gets its own writable copy
     assert out.flags.writeable and not np.shares_memory(out, np.frombuffer(rgb.data, np.uint8))
+
+
+# ------------------------------------------------------------------------------ poses
+def _rosbags_pose(kind, t=(1.0, 2.0, 3.0), q=(0.0, 0.0, 0.0, 2.0), stamp=(5, 250_000_000)):
+    from neural_mapping.datasets.rosbag import typestore
+    P = typestore().types
+    hdr = P["std_msgs/msg/Header"](stamp=P["builtin_interfaces/msg/Time"](sec=stamp[0], nanosec=stamp[1]),
+                                   frame_id="map")
+    quat = P["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])
+    if kind == "TransformStamped":
+        return P["geometry_msgs/msg/TransformStamped"](
+            header=hdr, child_frame_id="cam", transform=P["geometry_msgs/msg/Transform"](
+                translation=P["geometry_msgs/msg/Vector3"](x=t[0], y=t[1], z=t[2]), rotation=quat))
+    return P["geometry_msgs/msg/PoseStamped"](header=hdr, pose=P["geometry_msgs/msg/Pose"](
+        position=P["geometry_msgs/msg/Point"](x=t[0], y=t[1], z=t[2]), orientation=quat))
+
+
+@pytest.mark.parametrize("kind", ["PoseStamped", "TransformStamped"])
+def test_pose_decoding_of_bag_messages(kind):
+    """One pose decoder for the bag reader (rosbags classes, named geometry_msgs__msg__X) and the
+    node (rclpy classes, re-exported by ros.conversions)."""
+    msg = _rosbags_pose(kind)
+    s = md.pose_sample_from_msg(msg)
+    assert md.pose_kind(msg) == kind
+    assert s.stamp_ns == 5_250_000_000 and s.stamp == 5.25
+    np.testing.assert_array_equal(s.t, [1, 2, 3])
+    np.testing.assert_array_equal(s.q, [0, 0, 0, 2])  # as received; T normalises
+    np.testing.assert_allclose(s.T[:3, :3], np.eye(3))
+    with pytest.raises(md.DecodeError, match="quaternion norm 2.0000") as e:
+        md.pose_sample_from_msg(msg, quat_norm_tol=0.1)
+    assert e.value.reason == md.BAD_POSE
+    with pytest.raises(md.DecodeError, match="expected a Odometry"):
+        md.pose_sample_from_msg(msg, "Odometry")
+
+
+@pytest.mark.parametrize("t,q,what", [((np.nan, 0, 0), (0, 0, 0, 1), "non-finite"),
+                                      ((0, 0, 0), (0, np.inf, 0, 1), "non-finite"),
+                                      ((0, 0, 0), (0, 0, 0, 0), "all-zero quaternion")])
+def test_pose_decoding_rejects_bad_values(t, q, what):
+    with pytest.raises(md.DecodeError, match=what) as e:
+        md.pose_sample_from_msg(_rosbags_pose("PoseStamped", t, q))
+    assert e.value.reason == md.BAD_POSE
+
+
+def test_node_conversions_reexport_the_one_pose_decoder():
+    from neural_mapping.ros import conversions as cv  # pure numpy without rclpy for these names
+    assert cv.pose_sample_from_msg is md.pose_sample_from_msg
+    assert cv.PoseSample is md.PoseSample and cv.stamp_to_sec is md.stamp_to_sec
+
+
+def test_decoding_imports_numpy_only():
+    """The decoders load without torch (the node and bag tools pay only for numpy)."""
+    import os
+    import subprocess
+    import sys
+    code = "import sys, neural_mapping.io.msg_decode\nassert 'torch' not in sys.modules\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr

@@ -3,7 +3,8 @@
 Ground truth: the synthetic room's objects are convex meshes (boxes, cylinder, cone,
 sphere), so the footprint of "object inside the height band" is exactly the 2D convex
 hull of the mesh clipped to the slab ``min_z <= z <= max_z``; a cell's GT is whether its
-square overlaps (more than touches) one of those polygons (separating axis test).
+square overlaps (more than touches) one of those polygons (separating axis test;
+``_occupancy_gt.py``).
 """
 
 import dataclasses
@@ -12,103 +13,38 @@ import math
 import numpy as np
 import pytest
 import yaml
-from scipy.spatial import ConvexHull
 
+from _occupancy_gt import brute_distance, cells_vs_polygon, gt_cells, slab_footprint
 from neural_mapping.products import occupancy as O
 from neural_mapping.config import MappingConfig, OccupancyConfig
 from neural_mapping.datasets.synthetic import SyntheticRoom
-from neural_mapping.backends.tsdf.volume import TSDFVolume
+from neural_mapping.backends.tsdf import TSDFVolume
 
 VOXEL = 0.02
-
-
-# ----------------------------------------------------------------------------- ground truth
-def slab_footprint(V, F, zmin, zmax):
-    """CCW 2D convex hull of a convex mesh clipped to ``zmin <= z <= zmax`` (None if empty)."""
-    V = np.asarray(V, float)
-    F = np.asarray(F)
-    pts = [V[(V[:, 2] >= zmin) & (V[:, 2] <= zmax), :2]]
-    E = np.concatenate([F[:, [0, 1]], F[:, [1, 2]], F[:, [2, 0]]])
-    a, b = V[E[:, 0]], V[E[:, 1]]
-    for z in (zmin, zmax):
-        dz = b[:, 2] - a[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = (z - a[:, 2]) / dz
-        ok = (dz != 0) & (s >= 0) & (s <= 1)
-        pts.append((a[ok] + s[ok, None] * (b[ok] - a[ok]))[:, :2])
-    P = np.concatenate(pts)
-    if len(P) < 3:
-        return None
-    return P[ConvexHull(P).vertices]
-
-
-def cells_vs_polygon(poly, origin, res, H, W, eps=1e-6):
-    """``(intersects, inside)`` [H, W] of the grid's cells against a CCW convex polygon."""
-    X0, Y0 = np.meshgrid(origin[0] + np.arange(W) * res, origin[1] + np.arange(H) * res)
-    X1, Y1 = X0 + res, Y0 + res
-    inter = ((X0 < poly[:, 0].max() - eps) & (X1 > poly[:, 0].min() + eps)
-             & (Y0 < poly[:, 1].max() - eps) & (Y1 > poly[:, 1].min() + eps))
-    inside = np.ones_like(inter)
-    for i in range(len(poly)):
-        e = poly[(i + 1) % len(poly)] - poly[i]
-        n = np.array([e[1], -e[0]]) / np.linalg.norm(e)  # outward normal (CCW)
-        c = poly @ n
-        cmin = np.minimum(n[0] * X0, n[0] * X1) + np.minimum(n[1] * Y0, n[1] * Y1)
-        cmax = np.maximum(n[0] * X0, n[0] * X1) + np.maximum(n[1] * Y0, n[1] * Y1)
-        inter &= (cmin < c.max() - eps) & (cmax > c.min() + eps)
-        inside &= cmax <= c.max() + eps
-    return inter, inside
-
-
-def gt_cells(ds, g, zmin, zmax, T_world_gt=None):
-    """GT ``(intersects, inside)`` masks for grid ``g``; ``T_world_gt`` maps the meshes'
-    frame into g's map frame (default identity)."""
-    inter = np.zeros(g.data.shape, bool)
-    inside = np.zeros(g.data.shape, bool)
-    for ob in ds.objects:
-        V = np.asarray(ob.mesh.vertices)
-        if T_world_gt is not None:
-            V = V @ T_world_gt[:3, :3].T + T_world_gt[:3, 3]
-        poly = slab_footprint(V, np.asarray(ob.mesh.triangles), zmin, zmax)
-        if poly is None:
-            continue
-        a, b = cells_vs_polygon(poly, g.origin_xy, g.resolution_m, *g.data.shape)
-        inter |= a
-        inside |= b
-    return inter, inside
-
-
-def brute_distance(query_xy, obstacle_xy, chunk=2048):
-    out = np.empty(len(query_xy))
-    for s in range(0, len(query_xy), chunk):
-        q = query_xy[s:s + chunk]
-        d2 = ((q[:, None, :] - obstacle_xy[None, :, :]) ** 2).sum(-1)
-        out[s:s + chunk] = np.sqrt(d2.min(1))
-    return out
 
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def room():
     """Synthetic room (z-up world), full orbit, 640x480 exact depth, 2 cm voxels, 3-voxel
-    truncation."""
+    truncation: ``(dataset, field)``."""
     ds = SyntheticRoom(num_frames=48, width=640, height=480, seed=0)
     vol = TSDFVolume(VOXEL, truncation_m=3 * VOXEL, depth_max_m=6.0, device="cpu")
     for fr in ds:
         vol.integrate(fr)
-    return ds, vol
+    return ds, vol.field()
 
 
 @pytest.fixture(scope="module")
 def room_grid(room):
-    ds, vol = room
+    ds, field = room
     cfg = OccupancyConfig(occupancy_resolution_m=0.0)  # cells = voxels
-    return O.occupancy_grid_2d(vol, cfg), cfg
+    return O.occupancy_grid_2d(field, cfg), cfg
 
 
 # ----------------------------------------------------------------------------- 2D grid vs GT
 def test_grid_matches_ground_truth(room, room_grid):
-    ds, vol = room
+    ds, field = room
     g, cfg = room_grid
     assert g.data.dtype == np.int8 and set(np.unique(g.data)) <= {-1, 0, 100}
     # origin / resolution exact: the resolution is the voxel size, the origin a multiple of it
@@ -139,9 +75,9 @@ def test_coarser_cells_stay_conservative(room, res, min_acc):
     """Cells of two voxels (borders on voxel borders) are nearly as exact as voxel cells;
     5 cm cells over 2 cm voxels are not aligned, and voxels straddling two cells mark both
     (conservative: obstacles grow, free space inside an obstacle never appears)."""
-    ds, vol = room
+    ds, field = room
     cfg = OccupancyConfig(occupancy_resolution_m=res)
-    g = O.occupancy_grid_2d(vol, cfg)
+    g = O.occupancy_grid_2d(field, cfg)
     assert g.resolution_m == res
     for o in g.origin_xy:
         assert o / res == pytest.approx(round(o / res), abs=1e-9)
@@ -164,7 +100,7 @@ def test_unknown_where_never_observed():
         vol.integrate(fr)
     cfg = OccupancyConfig(occupancy_resolution_m=0.0, occupancy_grid_growth_m=1.0)
     omap = O.OccupancyMap2D(cfg)
-    g = omap.update(vol)
+    g = omap.update(vol.field())
     x, y = g.cell_centers()
     X, Y = np.meshgrid(x, y)
     zs = (np.floor(cfg.occupancy_min_z_m / VOXEL) + 1 + np.arange(
@@ -194,19 +130,20 @@ def test_map2d_bounds_grow_in_chunks_and_match_one_shot():
     vol = TSDFVolume(VOXEL, depth_max_m=6.0, device="cpu")
     cfg = OccupancyConfig(occupancy_resolution_m=0.04, occupancy_grid_growth_m=2.0)
     omap = O.OccupancyMap2D(cfg)
-    assert omap.update(vol) is None  # empty map: no grid yet
+    assert omap.update(vol.field()) is None  # empty map: no grid yet
     changes, bounds = 0, []
     for k, fr in enumerate(ds):
         vol.integrate(fr)
         if k % 4 == 3:
-            g = omap.update(vol)
+            field = vol.field()
+            g = omap.update(field)
             changes += omap.bounds_changed
             bounds.append(omap.bounds_cells)
             # each update equals a one-shot projection onto the same cells
-            ref = O.occupancy_grid_2d(vol, cfg, bounds_cells=omap.bounds_cells)
+            ref = O.occupancy_grid_2d(field, cfg, bounds_cells=omap.bounds_cells)
             assert np.array_equal(ref.data, g.data) and ref.origin_xy == g.origin_xy
             # the grid covers every observed cell of the tight grid
-            tight, full = O.occupancy_grid_2d(vol, cfg).counts(), g.counts()
+            tight, full = O.occupancy_grid_2d(field, cfg).counts(), g.counts()
             assert (tight["free"], tight["occupied"]) == (full["free"], full["occupied"])
     assert changes <= 2, f"grid resized {changes} times in {len(bounds)} updates"
     x0, y0, x1, y1 = bounds[0]
@@ -376,7 +313,7 @@ def test_tilted_world_made_gravity_aligned():
     band_shift = M[2, 3]  # room z -> map z
     cfg = dataclasses.replace(cfg, occupancy_min_z_m=0.1 + band_shift,
                               occupancy_max_z_m=1.2 + band_shift)
-    g = O.occupancy_grid_2d(vol, cfg, T_world_map)
+    g = O.occupancy_grid_2d(vol.field(), cfg, T_world_map)
     inter, inside = gt_cells(ds, g, cfg.occupancy_min_z_m, cfg.occupancy_max_z_m, M)
     obs = g.data != O.UNKNOWN
     occ = g.data == O.OCCUPIED
@@ -391,8 +328,8 @@ def test_tilted_world_made_gravity_aligned():
 def test_occupied_voxels_on_the_surface(room):
     import open3d as o3d
 
-    ds, vol = room
-    xyz, rgb = O.occupied_voxels(vol)
+    ds, field = room
+    xyz, rgb = O.occupied_voxels(field)
     assert xyz.dtype == np.float32 and xyz.ndim == 2 and xyz.shape[1] == 3 and len(xyz) > 10000
     assert rgb.dtype == np.uint8 and rgb.shape == xyz.shape
     scene = o3d.t.geometry.RaycastingScene()
@@ -406,7 +343,7 @@ def test_occupied_voxels_on_the_surface(room):
     # a height band selects a subset, in the map frame
     T = np.eye(4)
     T[2, 3] = -1.0  # map origin 1 m below the world's: map z = world z + 1
-    band, _ = O.occupied_voxels(vol, None, T, z_range=(1.1, 1.5), with_color=False)
+    band, _ = O.occupied_voxels(field, None, T, z_range=(1.1, 1.5), with_color=False)
     assert len(band) and band[:, 2].min() >= 1.1 and band[:, 2].max() <= 1.5
     ref = xyz[(xyz[:, 2] + 1.0 >= 1.1) & (xyz[:, 2] + 1.0 <= 1.5)]
     assert abs(len(ref) - len(band)) <= 0.01 * len(ref)
@@ -424,7 +361,12 @@ def test_config_section():
         MappingConfig.from_flat({"map_up_source": "compass"})
     # resolution 0 = the voxel size
     assert O.resolution_of(OccupancyConfig(occupancy_resolution_m=0.0), 0.03) == 0.03
-    with pytest.raises(TypeError):
-        O.occupancy_grid_2d(object())
-    with pytest.raises(ValueError, match="truncation_m"):
-        O.occupancy_grid_2d(TSDFVolume(0.05, device="cpu").grid)
+    # products read a VoxelField only (its truncation included), not a volume or a bare grid
+    vol = TSDFVolume(0.05, device="cpu")
+    for bad in (object(), vol, vol.grid):
+        with pytest.raises(TypeError, match="VoxelField"):
+            O.occupancy_grid_2d(bad)
+        with pytest.raises(TypeError, match="VoxelField"):
+            O.occupied_voxels(bad)
+        with pytest.raises(TypeError, match="VoxelField"):
+            O.OccupancyMap2D().update(bad)

@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from neural_mapping import geometry as g
-from neural_mapping.tracking.tracker import ModelView, Tracker, TrackerConfig, downsample_depth
+from neural_mapping.config import MappingConfig, TrackingConfig
+from neural_mapping.tracking.model_view import ModelView
+from neural_mapping.tracking.pyramid import downsample_depth
+from neural_mapping.tracking.tracker import Tracker
+from neural_mapping.types import RGBDFrame
 
 from _synthetic_scene import K_QVGA as K, render_depth as _render
 
@@ -14,6 +18,11 @@ from _synthetic_scene import K_QVGA as K, render_depth as _render
 
 def render_depth(T, **kw):
     return _render(T, K, **kw)
+
+
+def tracker(**values) -> Tracker:
+    """The system's tracker (default config, its depth range) with flat config overrides."""
+    return Tracker.from_config(MappingConfig.from_flat(values), "cpu")
 
 
 T0 = g.make_pose(g.so3_exp([-0.35, 0.25, 0.0]), [0.0, -0.2, 0.0])
@@ -47,8 +56,8 @@ def _err(T_est, T_true):
 def test_recovers_known_motion(reference, delta):
     _, view = reference
     T1 = T0 @ g.se3_exp(delta)
-    tr = Tracker()
-    res = tr.track_depth(render_depth(T1), None, K, view, T_init=T0)
+    tr = tracker()
+    res = tr.track_depth(render_depth(T1), K, view, T0)
     assert res.ok, res.reason
     dt, dr = _err(res.T_world_cam, T1)
     assert dt < 0.002 and dr < 0.2, (dt, dr)
@@ -61,102 +70,136 @@ def test_refines_external_guess(reference):
     _, view = reference
     T1 = T0 @ g.se3_exp([0.01, 0.0, 0.01, 0, DEG, 0])
     T_ext = T1 @ g.se3_exp([0.015, -0.01, 0.0, 0.5 * DEG, 0, -DEG])
-    res = Tracker().track_depth(render_depth(T1), None, K, view, T_init=T_ext)
+    res = tracker().track_depth(render_depth(T1), K, view, T_ext)
     assert res.ok
     dt, dr = _err(res.T_world_cam, T1)
     assert dt < 0.002 and dr < 0.2
 
 
-def test_constant_velocity_guess_and_sequence():
-    """Three frames moving at constant velocity: the tracker's own prediction is used."""
+def test_sequence_from_previous_estimates_and_stateless():
+    """Three frames in a row, each tracked from the previous estimate against a view of the
+    previous frame at that estimate.  The tracker keeps no state: the same call repeats bit
+    for bit, whatever was tracked in between."""
     step = g.se3_exp([0.01, 0.005, 0.0, 0.0, DEG, 0.0])
-    tr = Tracker()
-    tr.reset(T0)
-    T_prev = T0
-    d_prev = render_depth(T0)
+    tr = tracker()
+    T_est, T_true = T0, T0
+    first = None
     for k in range(1, 4):
-        T_k = T_prev @ step
-        view = ModelView.from_depth(d_prev, K, tr.last_pose)
-        if k >= 2:
-            np.testing.assert_allclose(tr.initial_guess(), T_k, atol=3e-3)
-        res = tr.track_depth(render_depth(T_k), None, K, view)  # T_init from the tracker
-        assert res.ok
-        dt, dr = _err(res.T_world_cam, T_k)
-        assert dt < 0.002 and dr < 0.2
-        T_prev, d_prev = T_k, render_depth(T_k)
+        view = ModelView.from_depth(render_depth(T_true), K, T_est)
+        T_true = T_true @ step
+        d = render_depth(T_true)
+        res = tr.track_depth(d, K, view, T_est)
+        assert res.ok, res.reason
+        dt, dr = _err(res.T_world_cam, T_true)
+        assert dt < 0.003 and dr < 0.3, (k, dt, dr)
+        if first is None:
+            first = (d, view, T_est, res.T_world_cam)
+        T_est = res.T_world_cam
+    again = tr.track_depth(first[0], K, first[1], first[2])
+    np.testing.assert_array_equal(again.T_world_cam, first[3])
 
 
 def test_no_valid_depth_fails_cleanly(reference):
     _, view = reference
-    tr = Tracker()
+    tr = tracker()
     for depth in (np.zeros((240, 320), np.float32), np.full((240, 320), np.nan, np.float32)):
-        res = tr.track_depth(depth, None, K, view, T_init=T0)
+        res = tr.track_depth(depth, K, view, T0)
         assert not res.ok and res.reason == "no_depth"
         np.testing.assert_array_equal(res.T_world_cam, T0)
-    assert tr.consecutive_failures == 2 and not tr.lost
 
 
 def test_textureless_wall_is_degenerate():
     d = render_depth(T0, walls_only="plane")
     view = ModelView.from_depth(d, K, T0)
     T1 = T0 @ g.se3_exp([0.01, 0, 0, 0, 0, 0])
-    res = Tracker().track_depth(render_depth(T1, walls_only="plane"), None, K, view, T_init=T0)
+    res = tracker().track_depth(render_depth(T1, walls_only="plane"), K, view, T0)
     assert not res.ok and res.reason == "degenerate"
     assert np.all(np.isfinite(res.T_world_cam))
 
 
-def test_no_model_and_lost_after_failures(reference):
+def test_no_model(reference):
+    """No view (empty map), or a view with fewer valid pixels than tracking_min_valid_points."""
     d0, _ = reference
-    tr = Tracker(lost_after_failures=3)
-    for _ in range(3):
-        res = tr.track_depth(d0, None, K, None, T_init=T0)
-        assert not res.ok and res.reason == "no_model"
-    assert tr.lost
+    tr = tracker()
+    res = tr.track(RGBDFrame(d0, K), None, T0)
+    assert not res.ok and res.reason == "no_model"
+    sparse = np.zeros_like(d0)
+    sparse[100:110, 100:110] = d0[100:110, 100:110]  # 100 pixels, of which < 64 keep a normal
+    view = ModelView.from_depth(sparse, K, T0)
+    assert 0 < view.num_valid < 300
+    res = tr.track_depth(d0, K, view, T0)
+    assert not res.ok and res.reason == "no_model"
+    np.testing.assert_array_equal(res.T_world_cam, T0)
+    with pytest.raises(TypeError, match="ModelView"):
+        tr.track_depth(d0, K, d0, T0)
 
 
 def test_unrelated_frame_fails(reference):
     """A frame that does not overlap the model (camera turned away) is not accepted."""
     _, view = reference
     T_away = T0 @ g.se3_exp([0, 0, 0, 0, math.radians(150), 0])
-    res = Tracker().track_depth(render_depth(T_away), None, K, view, T_init=T0)
-    assert not res.ok
+    res = tracker().track_depth(render_depth(T_away), K, view, T0)
+    assert not res.ok and res.reason == "few_inliers", res.reason
+    np.testing.assert_array_equal(res.T_world_cam, T0)
+
+
+@pytest.mark.parametrize("values,reason", [
+    # the true motion (3 cm, 3 deg from T0) converges but is beyond the allowed jump
+    ({"tracking_max_motion_m": 0.02}, "large_motion"),
+    ({"tracking_max_motion_deg": 2.0}, "large_motion"),
+    ({"tracking_min_inliers": 1_000_000}, "few_inliers"),
+    ({"tracking_min_inlier_ratio": 1.0}, "few_inliers"),
+    ({"tracking_max_rms_m": 1e-4}, "large_residual"),  # noisy frame: residual ~ 1 mm
+    ({"tracking_degenerate_ratio": 1.0}, "degenerate"),
+])
+def test_failure_checks_follow_the_config(reference, values, reason):
+    """Each check of an estimate fails the frame with its own reason once its config limit
+    is crossed (the default config accepts the same frame)."""
+    _, view = reference
+    T1 = T0 @ g.se3_exp(MOTIONS[-1])
+    d1 = render_depth(T1)
+    d1 = d1 + np.random.default_rng(0).normal(0, 0.002, d1.shape).astype(np.float32) * (d1 > 0)
+    ok = tracker().track_depth(d1, K, view, T0)
+    assert ok.ok and _err(ok.T_world_cam, T1)[0] < 0.003, ok.reason
+    res = tracker(**values).track_depth(d1, K, view, T0)
+    assert not res.ok and res.reason == reason, (res.reason, res.info())
+    np.testing.assert_array_equal(res.T_world_cam, T0)
 
 
 def test_deterministic(reference):
     _, view = reference
     d1 = render_depth(T0 @ g.se3_exp(MOTIONS[-1]))
-    a = Tracker().track_depth(d1, None, K, view, T_init=T0)
-    b = Tracker().track_depth(d1, None, K, view, T_init=T0)
+    a = tracker().track_depth(d1, K, view, T0)
+    b = tracker().track_depth(d1, K, view, T0)
     np.testing.assert_array_equal(a.T_world_cam, b.T_world_cam)
     assert a.iterations == b.iterations and a.inliers == b.inliers
 
 
-def test_model_callback_and_raycast_like_objects(reference):
-    """The model may be a callable(T_ref, K) or a RaycastResult-like object with a pose."""
-    d0, view = reference
-    T1 = T0 @ g.se3_exp(MOTIONS[3])
-    d1 = render_depth(T1)
-    calls = []
+def test_pyramid_levels_from_the_config(reference):
+    """The per-level iteration fields drive the pyramid: a skipped coarse level runs no
+    iterations, and the iteration count never exceeds the configured budget."""
+    _, view = reference
+    d1 = render_depth(T0 @ g.se3_exp(MOTIONS[3]))
+    full = tracker().track_depth(d1, K, view, T0)
+    assert full.ok and len(full.levels) == 3 and full.iterations <= 6 + 4 + 3
+    fine_only = tracker(tracking_iterations_coarse=0, tracking_iterations_mid=0,
+                        tracking_iterations_fine=5).track_depth(d1, K, view, T0)
+    assert fine_only.ok and len(fine_only.levels) == 1 and fine_only.iterations <= 5
+    assert fine_only.levels[0][0] == full.levels[-1][0]  # same finest level points
+    with pytest.raises(ValueError, match="tracking_iterations_fine"):
+        tracker(tracking_iterations_fine=0)
 
-    def model_fn(T_ref, K_model):
-        calls.append((T_ref, K_model))
-        return ModelView.from_depth(d0, K, T0, width=K_model.width)
 
-    res = Tracker().track_depth(d1, None, K, model_fn, T_init=T0)
-    assert res.ok and len(calls) == 1 and calls[0][1].width == Tracker().config.model_width
-    assert _err(res.T_world_cam, T1)[0] < 0.002
-
-    class FakeRaycast:  # world-frame maps + pose, like raycast.RaycastResult
-        pass
-    rc = FakeRaycast()
-    P = view.points.reshape(240, 320, 3).numpy() @ T0[:3, :3].T.astype(np.float32) + T0[:3, 3].astype(np.float32)
-    rc.points_world = torch.from_numpy(P)
-    rc.normals_world = torch.from_numpy(view.normals.reshape(240, 320, 3).numpy() @ T0[:3, :3].T.astype(np.float32))
-    rc.valid = view.valid.reshape(240, 320)
-    rc.T_world_cam = T0
-    rc.intrinsics = view.intrinsics
-    res2 = Tracker().track_depth(d1, None, K, rc, T_init=T0)
-    assert res2.ok and _err(res2.T_world_cam, T1)[0] < 0.002
+def test_one_tracking_config():
+    """Every tracker setting is a TrackingConfig field (reachable from YAML, CLI and ROS); the
+    depth range is the integration's."""
+    cfg = MappingConfig.from_flat({"depth_min_m": 0.3, "depth_max_m": 2.5, "tracking_width_px": 160,
+                                   "tracking_max_dist_fine_m": 0.02})
+    tr = Tracker.from_config(cfg, "cpu")
+    assert tr.config is cfg.tracking and (tr.depth_min_m, tr.depth_max_m) == (0.3, 2.5)
+    assert tr.levels[-1] == (3, 0.02)
+    with pytest.raises(ValueError, match="depth_min_m"):
+        Tracker(TrackingConfig(), 2.0, 1.0, "cpu")
 
 
 def test_downsample_keeps_edges_apart():
@@ -191,14 +234,14 @@ def test_real_frames_against_raycast_model(redkitchen):
     for i in range(3):
         d, T = _load_7scenes(redkitchen, i)
         vol.integrate(d, K, orthonormalize(T))
-    tr = Tracker()
+    tr = tracker()
     errs = []
     for i in range(3, 6):
         d_prev, T_prev = _load_7scenes(redkitchen, i - 1)
         d, T_gt = _load_7scenes(redkitchen, i)
         T_prev, T_gt = orthonormalize(T_prev), orthonormalize(T_gt)
-        model = tr.predict(vol, K, T_prev)
-        res = tr.track_depth(d, None, K, model, T_init=T_prev)
+        model = tr.predict(vol, K, T_prev)  # the TSDF backend renders the model view
+        res = tr.track_depth(d, K, model, T_prev)
         assert res.ok, res.reason
         errs.append(_err(res.T_world_cam, T_gt))
         vol.integrate(d, K, T_gt)

@@ -8,7 +8,8 @@ import torch
 
 from neural_mapping.config import MappingConfig
 from neural_mapping.grid.voxel_grid import CapacityError, VoxelBlockGrid
-from neural_mapping.backends.tsdf.volume import TSDFVolume, integrate, touched_blocks
+from neural_mapping.backends.tsdf.integrate import integrate, touched_blocks
+from neural_mapping.backends.tsdf.volume import TSDFVolume
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
 VOX = 0.02

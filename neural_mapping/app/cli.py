@@ -9,23 +9,26 @@ ROS parameters and the YAML keys.  Precedence: defaults < ``--config YAML`` < fl
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from neural_mapping.config import MappingConfig, add_config_arguments, config_from_args
+from neural_mapping.config import MappingConfig, add_config_arguments, config_from_args, leaf_fields
 from neural_mapping.datasets import SUPPORTED_LAYOUTS, DatasetError
+from neural_mapping.io.evaluation import evaluate_tum_files
 
 RUN_EPILOG = f"""\
 dataset formats (detected automatically):
 {SUPPORTED_LAYOUTS}
 
 outputs in --out: mesh.ply, poses.txt (TUM: t tx ty tz qx qy qz qw, camera-to-world),
-config.yaml (effective config, reusable with --config), metrics.json (speed, map size,
-ATE/RPE when the dataset has ground truth), trajectory.png, view_color.png /
-view_shaded.png (bird's-eye raycast of the map), view_last_color.png /
+config.yaml (effective config, reusable with --config), occupancy.pgm + occupancy.yaml
+(2D occupancy grid, Nav2 map_server format), metrics.json (speed, map size, occupancy
+cells, ATE/RPE when the dataset has ground truth), trajectory.png, occupancy.png,
+view_color.png / view_shaded.png (bird's-eye rendering of the map), view_last_color.png /
 view_last_shaded.png (from the last camera pose).
 
 examples:
@@ -51,6 +54,48 @@ def _str2bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+def default_of(fn, name: str):
+    """The default of parameter ``name`` of ``fn`` (a function or class): the help texts and the
+    few options that are not config fields quote the loaders' own defaults instead of
+    restating them."""
+    return inspect.signature(fn).parameters[name].default
+
+
+def _add_dataset_arguments(parser) -> None:
+    """Options of the dataset loaders (``run`` and ``make-bag``)."""
+    from neural_mapping.datasets import SyntheticRoom, TUMRGBD
+
+    def syn(name):
+        return default_of(SyntheticRoom, name)
+
+    io = parser.add_argument_group("dataset options")
+    io.add_argument("--undistort", type=_str2bool, default=None, metavar="{true,false}",
+                    help="TUM only: undistort depth and colour with the Freiburg plumb_bob "
+                         f"coefficients (default: {str(default_of(TUMRGBD, 'undistort')).lower()})")
+    io.add_argument("--synthetic-frames", type=int, default=None, metavar="N",
+                    help=f"synthetic only: frames in the generated orbit (default: {syn('num_frames')})")
+    io.add_argument("--synthetic-size", default=None, metavar="WxH",
+                    help=f"synthetic only: image size (default: {syn('width')}x{syn('height')})")
+    io.add_argument("--synthetic-noise-m", type=float, default=None, metavar="SIGMA",
+                    help="synthetic only: depth noise std at 1 m, grows with z^2 "
+                         f"(default: {syn('depth_noise_m'):g})")
+
+
+def _add_mapping_arguments(parser, add_input_arguments) -> None:
+    """``--out``, ``--config``, the input's own options, the run options and one flag per config
+    field (``run`` and ``replay``)."""
+    parser.add_argument("--out", "-o", metavar="DIR", default=None,
+                        help="output folder (default: output_dir of the config, 'output')")
+    parser.add_argument("--config", metavar="YAML", default=None,
+                        help="config file (neural_mapping: ros__parameters: {...} or flat keys); "
+                             "flags given on the command line override it")
+    add_input_arguments(parser)
+    misc = parser.add_argument_group("run options")
+    misc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    misc.add_argument("--no-views", action="store_true", help="do not render the view_*.png pictures")
+    add_config_arguments(parser, skip=("output_dir",))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="neural-mapping",
@@ -64,25 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("dataset", metavar="DATASET",
                    help="dataset folder (7-Scenes or TUM RGB-D layout) or the word 'synthetic'")
-    r.add_argument("--out", "-o", metavar="DIR", default=None,
-                   help="output folder (default: output_dir of the config, 'output')")
-    r.add_argument("--config", metavar="YAML", default=None,
-                   help="config file (neural_mapping: ros__parameters: {...} or flat keys); "
-                        "flags given on the command line override it")
-    io = r.add_argument_group("dataset options")
-    io.add_argument("--undistort", type=_str2bool, default=None, metavar="{true,false}",
-                    help="TUM only: undistort depth and colour with the Freiburg plumb_bob "
-                         "coefficients (default: true)")
-    io.add_argument("--synthetic-frames", type=int, default=None, metavar="N",
-                    help="synthetic only: frames in the generated orbit (default: 120)")
-    io.add_argument("--synthetic-size", default=None, metavar="WxH",
-                    help="synthetic only: image size (default: 640x480)")
-    io.add_argument("--synthetic-noise-m", type=float, default=None, metavar="SIGMA",
-                    help="synthetic only: depth noise std at 1 m, grows with z^2 (default: 0)")
-    misc = r.add_argument_group("run options")
-    misc.add_argument("--no-progress", action="store_true", help="no progress bar")
-    misc.add_argument("--no-views", action="store_true", help="do not render the view_*.png pictures")
-    add_config_arguments(r, skip=("output_dir",))
+    _add_mapping_arguments(r, _add_dataset_arguments)
 
     e = sub.add_parser("eval", help="ATE/RPE of an estimated TUM trajectory against ground truth",
                        description="Evaluate trajectory EST against ground truth GT (TUM files).",
@@ -90,16 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("est", metavar="EST", help="estimated trajectory (TUM format)")
     e.add_argument("gt", metavar="GT", help="ground-truth trajectory (TUM format)")
     e.add_argument("--out", "-o", metavar="DIR", required=True, help="output folder")
-    e.add_argument("--max-diff-s", type=float, default=0.02, metavar="S",
-                   help="largest timestamp difference of a pose pair (default: 0.02 s)")
+    max_diff_s = default_of(evaluate_tum_files, "max_diff_s")
+    e.add_argument("--max-diff-s", type=float, default=max_diff_s, metavar="S",
+                   help=f"largest timestamp difference of a pose pair (default: {max_diff_s:g} s)")
     _add_bag_parsers(sub)
     return p
 
 
-def _dataset_kwargs(args) -> dict:
+def _dataset_kwargs(args, cfg: MappingConfig) -> dict:
     name = str(args.dataset).strip().lower()
     kw = {}
     if name == "synthetic":
+        kw["seed"] = cfg.run.seed
         if args.synthetic_frames is not None:
             kw["num_frames"] = args.synthetic_frames
         if args.synthetic_size:
@@ -129,7 +158,7 @@ def offline_config(args, command: str) -> Optional[MappingConfig]:
         if args.config:
             base = MappingConfig.from_yaml(args.config, base)
         cfg = config_from_args(args, base)
-        if args.out:
+        if getattr(args, "out", None):
             cfg = MappingConfig.from_flat({"output_dir": args.out}, cfg)
         return cfg
     except (ValueError, OSError) as e:
@@ -145,7 +174,7 @@ def cmd_run(args) -> int:
         return 2
     try:
         res = run(args.dataset, cfg, progress=not args.no_progress,
-                  dataset_kwargs=_dataset_kwargs(args), render_views=not args.no_views)
+                  dataset_kwargs=_dataset_kwargs(args, cfg), render_views=not args.no_views)
     except DatasetError as e:
         print(f"neural-mapping run: {e}", file=sys.stderr)
         return 2
@@ -170,7 +199,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from neural_mapping.io.evaluation import evaluate_tum_files, write_evaluation
+    from neural_mapping.io.evaluation import write_evaluation
 
     try:
         ev = evaluate_tum_files(args.est, args.gt, max_diff_s=args.max_diff_s)
@@ -189,7 +218,7 @@ def cmd_eval(args) -> int:
 
 # ------------------------------------------------------------------ bags
 MAKE_BAG_EPILOG = """\
-topics written (rosbag2, rosbags; see neural_mapping/bags.py):
+topics written (rosbag2, rosbags; see neural_mapping/io/bags.py):
   /camera/depth/image_raw     sensor_msgs/Image 16UC1 (mm, 0 invalid) or 32FC1 (m, NaN invalid)
   /camera/color/image_raw     sensor_msgs/Image rgb8
   /camera/depth/camera_info   sensor_msgs/CameraInfo (K, P = [K|0]; registered to colour)
@@ -213,24 +242,23 @@ and pose topics are then optional; a topic named explicitly must exist (the erro
 the bag's topics). '' disables the colour or pose topic.
 
 outputs in --out: as `run` (mesh.ply, poses.txt with the bag's header stamps, config.yaml,
-metrics.json, trajectory.png, view_*.png).
+occupancy.pgm/.yaml/.png, metrics.json, trajectory.png, view_*.png).
 """
 
 
-def _add_bag_parsers(sub) -> None:
-    from neural_mapping.datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
+MAKE_BAG_FIELDS = ("max_frames", "frame_stride", "seed")
 
+
+def _add_bag_parsers(sub) -> None:
     b = sub.add_parser("make-bag", help="write a dataset as a rosbag2 (mcap or sqlite3)",
                        description="Convert DATASET (7-Scenes, TUM RGB-D or 'synthetic') into the "
                                    "rosbag2 folder OUT with standard camera topics.",
                        epilog=MAKE_BAG_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("dataset", metavar="DATASET",
                    help="dataset folder (7-Scenes or TUM RGB-D layout) or the word 'synthetic'")
-    b.add_argument("out", metavar="OUT", help="rosbag2 folder to create (must not exist)")
+    b.add_argument("bag_out", metavar="OUT", help="rosbag2 folder to create (must not exist)")
     b.add_argument("--format", choices=("mcap", "sqlite3"), default="mcap",
                    help="rosbag2 storage (default: mcap)")
-    b.add_argument("--max-frames", type=int, default=0, metavar="N", help="first N frames (0 = all)")
-    b.add_argument("--stride", type=int, default=1, metavar="N", help="every N-th frame (default: 1)")
     b.add_argument("--depth-encoding", choices=("16UC1", "32FC1"), default="16UC1",
                    help="16UC1: millimetres, 0 invalid (default); 32FC1: metres, NaN invalid (lossless)")
     b.add_argument("--time-offset-s", type=float, default=None, metavar="S",
@@ -238,24 +266,24 @@ def _add_bag_parsers(sub) -> None:
                         "clock starts near 0, as 7-Scenes and synthetic; else 0)")
     b.add_argument("--no-color", action="store_true", help="write no colour topics")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
-    b.add_argument("--undistort", type=_str2bool, default=None, metavar="{true,false}",
-                   help="TUM only: undistort depth and colour (default: true)")
-    b.add_argument("--synthetic-frames", type=int, default=None, metavar="N",
-                   help="synthetic only: frames in the generated orbit (default: 120)")
-    b.add_argument("--synthetic-size", default=None, metavar="WxH",
-                   help="synthetic only: image size (default: 640x480)")
-    b.add_argument("--synthetic-noise-m", type=float, default=None, metavar="SIGMA",
-                   help="synthetic only: depth noise std at 1 m (default: 0)")
+    b.add_argument("--config", metavar="YAML", default=None,
+                   help="config file: its max_frames, frame_stride and seed apply; flags override it")
+    _add_dataset_arguments(b)
+    # frame selection and the synthetic scene's seed: the typed config's fields (defaults there)
+    add_config_arguments(b, skip=[f.name for f in leaf_fields() if f.name not in MAKE_BAG_FIELDS])
 
     r = sub.add_parser("replay", help="map a rosbag2 offline (no ROS), same outputs as run",
                        description="Map the rosbag2 BAG (folder, .mcap or .db3) with the offline "
                                    "pipeline and write the results to --out.",
                        epilog=REPLAY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("bag", metavar="BAG", help="rosbag2 folder (metadata.yaml) or .mcap / .db3 file")
-    r.add_argument("--out", "-o", metavar="DIR", default=None,
-                   help="output folder (default: output_dir of the config, 'output')")
-    r.add_argument("--config", metavar="YAML", default=None,
-                   help="config file; flags given on the command line override it")
+    _add_mapping_arguments(r, _add_topic_arguments)
+
+
+def _add_topic_arguments(r) -> None:
+    from neural_mapping.datasets import RosbagDataset
+    from neural_mapping.io.bag_format import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
+
     t = r.add_argument_group("topics")
     t.add_argument("--depth-topic", default=None, metavar="TOPIC",
                    help=f"sensor_msgs/Image depth (default: {DEPTH_TOPIC})")
@@ -266,25 +294,25 @@ def _add_bag_parsers(sub) -> None:
     t.add_argument("--pose-topic", default=None, metavar="TOPIC",
                    help="PoseStamped / Odometry / TransformStamped, '' for none "
                         f"(default: {POSE_TOPIC}, if present)")
-    t.add_argument("--sync-tolerance-s", type=float, default=0.02, metavar="S",
-                   help="largest depth-colour stamp difference of a pair (default: 0.02)")
-    t.add_argument("--max-pose-gap-s", type=float, default=0.5, metavar="S",
-                   help="do not interpolate poses across a longer gap (default: 0.5)")
-    misc = r.add_argument_group("run options")
-    misc.add_argument("--no-progress", action="store_true", help="no progress bar")
-    misc.add_argument("--no-views", action="store_true", help="do not render the view_*.png pictures")
-    add_config_arguments(r, skip=("output_dir",))
+    for flag, name, what in (("--sync-tolerance-s", "sync_tolerance_s",
+                              "largest depth-colour stamp difference of a pair"),
+                             ("--max-pose-gap-s", "max_pose_gap_s",
+                              "do not interpolate poses across a longer gap")):
+        default = default_of(RosbagDataset, name)
+        t.add_argument(flag, type=float, default=default, metavar="S", help=f"{what} (default: {default:g})")
 
 
 def cmd_make_bag(args) -> int:
     from neural_mapping.io.bags import make_bag
 
-    kw = _dataset_kwargs(args)
+    cfg = offline_config(args, "make-bag")
+    if cfg is None:
+        return 2
     try:
-        s = make_bag(args.dataset, args.out, storage=args.format, max_frames=args.max_frames or None,
-                     stride=args.stride, depth_encoding=args.depth_encoding,
+        s = make_bag(args.dataset, args.bag_out, storage=args.format, max_frames=cfg.run.max_frames or None,
+                     stride=cfg.run.frame_stride, depth_encoding=args.depth_encoding,
                      time_offset_s=args.time_offset_s, with_color=not args.no_color,
-                     dataset_kwargs=kw, progress=not args.no_progress)
+                     dataset_kwargs=_dataset_kwargs(args, cfg), progress=not args.no_progress)
     except (DatasetError, ValueError, FileExistsError) as e:
         print(f"neural-mapping make-bag: {e}", file=sys.stderr)
         return 2
@@ -297,7 +325,8 @@ def cmd_make_bag(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from neural_mapping.datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC, RosbagDataset
+    from neural_mapping.datasets.rosbag import RosbagDataset
+    from neural_mapping.io.bag_format import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
     from neural_mapping.app.pipeline import run
 
     cfg = offline_config(args, "replay")

@@ -27,7 +27,7 @@ Frames are driven by the depth stream, ordered by header stamp.  Each depth imag
 is paired with the colour image nearest in stamp within ``sync_tolerance_s``
 (depth images without one are dropped and counted in ``dropped_no_color``); the
 pose is the pose topic interpolated to the depth stamp (translation lerp,
-rotation slerp, :func:`~neural_mapping.geometry.interpolate_pose`) between the
+rotation slerp, :func:`~neural_mapping.geometry.pose_at_stamp`) between the
 two bracketing samples, the sample itself at an equal stamp, and ``None``
 outside the pose span or across a gap longer than ``max_pose_gap_s`` -- never
 extrapolated.  Timestamps are the header stamps in seconds (ROS time).
@@ -37,7 +37,7 @@ messages are read from the first CDR bytes, camera_info and pose messages are
 small and decoded); ``ds[i]`` then fetches the two image messages of frame ``i``
 by their record time.  Memory stays small whatever the bag size.
 
-Images and camera_info are decoded by :mod:`neural_mapping.io.msg_decode`, the same
+Images, camera_info and poses are decoded by :mod:`neural_mapping.io.msg_decode`, the same
 pure-numpy code the ROS node uses (through :mod:`neural_mapping.ros.conversions`),
 written against the plain message fields so the core never imports ROS.
 """
@@ -45,7 +45,6 @@ written against the plain message fields so the core never imports ROS.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 from collections import Counter
 from contextlib import contextmanager
@@ -55,26 +54,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from neural_mapping.io import msg_decode
-from neural_mapping.geometry import interpolate_pose, pose_from_tq
+from neural_mapping.io.bag_format import (CAMERA_INFO_TYPE, COLOR_INFO_TOPIC, COLOR_TOPIC,  # noqa: F401 (API)
+                                          DEPTH_INFO_TOPIC, DEPTH_TOPIC, IMAGE_TYPE, POSE_MSG_TYPES,
+                                          POSE_TOPIC, TF_STATIC_TOPIC, header_stamp_ns_from_cdr,
+                                          is_rosbag, typestore)
+from neural_mapping.geometry import pose_at_stamp
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 from neural_mapping.datasets.base import Dataset, DatasetError, select_indices, stack_poses
 from neural_mapping.datasets.tum import associate
 
 log = logging.getLogger(__name__)
-
-# Topic names written by ``neural-mapping make-bag`` (and the node's 'dataset' sensor preset).
-DEPTH_TOPIC = "/camera/depth/image_raw"
-COLOR_TOPIC = "/camera/color/image_raw"
-DEPTH_INFO_TOPIC = "/camera/depth/camera_info"
-COLOR_INFO_TOPIC = "/camera/color/camera_info"
-POSE_TOPIC = "/camera/pose"
-TF_STATIC_TOPIC = "/tf_static"
-
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-POSE_MSG_TYPES = {"geometry_msgs/msg/PoseStamped": "PoseStamped",
-                  "nav_msgs/msg/Odometry": "Odometry",
-                  "geometry_msgs/msg/TransformStamped": "TransformStamped"}
 
 DEPTH_ENCODINGS = msg_decode.DEPTH_ENCODINGS
 COLOR_ENCODINGS = msg_decode.COLOR_ENCODINGS
@@ -84,43 +73,6 @@ LAYOUT_HELP = ("  rosbag2        a rosbag2 folder (metadata.yaml + .mcap or .db3
                ".db3 file:\n                 depth Image (16UC1/mono16 mm, 32FC1 m), CameraInfo, "
                "optional colour\n                 Image and PoseStamped/Odometry/TransformStamped "
                "pose topic (see `replay`)")
-
-
-def typestore():
-    """The rosbags type store used to read and write bags (ROS 2 Jazzy message definitions;
-    the sensor/geometry/nav/tf2 messages used here are the same from Humble to Kilted)."""
-    from rosbags.typesys import Stores, get_typestore
-    return get_typestore(Stores.ROS2_JAZZY)
-
-
-def is_rosbag(path) -> bool:
-    """A rosbag2 folder (``metadata.yaml``) or a ``.mcap`` / ``.db3`` file."""
-    p = Path(path)
-    if p.is_dir():
-        return (p / "metadata.yaml").is_file()
-    return p.is_file() and p.suffix.lower() in (".mcap", ".db3")
-
-
-def stamp_ns(header_or_stamp) -> int:
-    """``builtin_interfaces/Time`` (or a Header) to integer nanoseconds."""
-    s = getattr(header_or_stamp, "stamp", header_or_stamp)
-    return int(s.sec) * 1_000_000_000 + int(s.nanosec)
-
-
-def header_stamp_ns_from_cdr(raw) -> Optional[int]:
-    """Header stamp of a serialized message whose first field is ``std_msgs/Header``
-    (Image, CameraInfo, PoseStamped, ...), read from bytes 4..12 of the CDR (plain CDR,
-    either byte order); ``None`` for another encapsulation."""
-    b = bytes(raw[:12])
-    if len(b) < 12 or b[0] != 0:
-        return None
-    if b[1] == 1:
-        sec, nsec = struct.unpack_from("<iI", b, 4)
-    elif b[1] == 0:
-        sec, nsec = struct.unpack_from(">iI", b, 4)
-    else:
-        return None
-    return sec * 1_000_000_000 + nsec
 
 
 # ------------------------------------------------------------------------- decoding
@@ -152,20 +104,6 @@ def intrinsics_from_camera_info(msg) -> CameraIntrinsics:
     ``binning_x/y`` (0 or 1 = none) divide focal lengths, principal point and size."""
     with _as_dataset_error():
         return msg_decode.intrinsics_from_camera_info(msg)
-
-
-def pose_tq_from_msg(msg, kind: str) -> Tuple[np.ndarray, np.ndarray]:
-    """``(t, q)`` (q = x, y, z, w as received) of a PoseStamped / Odometry / TransformStamped."""
-    if kind == "PoseStamped":
-        p, o = msg.pose.position, msg.pose.orientation
-    elif kind == "Odometry":
-        p, o = msg.pose.pose.position, msg.pose.pose.orientation
-    elif kind == "TransformStamped":
-        p, o = msg.transform.translation, msg.transform.rotation
-    else:
-        raise ValueError(f"unsupported pose kind {kind!r}; supported: {sorted(POSE_MSG_TYPES.values())}")
-    return (np.array([p.x, p.y, p.z], dtype=np.float64),
-            np.array([o.x, o.y, o.z, o.w], dtype=np.float64))
 
 
 def _rosbag_error_types():
@@ -301,7 +239,7 @@ class RosbagDataset(Dataset):
             if id(conn) in dset or id(conn) in cset:
                 st = header_stamp_ns_from_cdr(raw)
                 if st is None:
-                    st = stamp_ns(self._store.deserialize_cdr(raw, conn.msgtype).header)
+                    st = msg_decode.stamp_to_ns(self._store.deserialize_cdr(raw, conn.msgtype).header)
                 (depth if id(conn) in dset else color).append((st, conn, t_rec, ordinal))
             elif id(conn) in iset:
                 msg = self._store.deserialize_cdr(raw, conn.msgtype)
@@ -312,18 +250,16 @@ class RosbagDataset(Dataset):
                     log.warning("%s: camera_info dropped: %s", self.path, exc)
                     continue
                 distorted = msg_decode.has_distortion(msg)
-                infos.append((stamp_ns(msg.header), K, distorted))
+                infos.append((msg_decode.stamp_to_ns(msg.header), K, distorted))
             elif id(conn) in pset:
                 msg = self._store.deserialize_cdr(raw, conn.msgtype)
-                t, q = pose_tq_from_msg(msg, self.pose_type)
-                n = float(np.linalg.norm(q))
-                if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
-                    self.dropped_messages["non_finite"] += 1
+                try:
+                    sample = msg_decode.pose_sample_from_msg(msg, self.pose_type, QUAT_NORM_TOL)
+                except msg_decode.DecodeError as exc:
+                    self.dropped_messages[exc.reason] += 1
+                    log.debug("%s: pose dropped: %s", self.path, exc)
                     continue
-                if abs(n - 1.0) > QUAT_NORM_TOL:
-                    self.dropped_messages["bad_quaternion"] += 1
-                    continue
-                poses.append((stamp_ns(msg.header), pose_from_tq(t, q / n)))
+                poses.append((sample.stamp_ns, sample.T))
         if self.dropped_messages:
             log.warning("%s: dropped pose/camera_info messages: %s", self.path, dict(self.dropped_messages))
 
@@ -363,21 +299,9 @@ class RosbagDataset(Dataset):
         self._pose_T = [p[1] for p in poses]
 
     def _pose_at(self, t: int) -> Optional[np.ndarray]:
-        """Pose topic at stamp ``t`` ns: the sample itself, else interpolated between the
-        bracketing samples; None outside the span or across a gap (never extrapolated)."""
-        st = self._pose_ns
-        n = len(st)
-        if n == 0:
-            return None
-        j = int(np.searchsorted(st, t, side="left"))
-        if j < n and st[j] == t:
-            return self._pose_T[j].copy()
-        if j == 0 or j >= n:
-            return None
-        t0, t1 = int(st[j - 1]), int(st[j])
-        if (t1 - t0) * 1e-9 > self.max_pose_gap_s:
-            return None
-        return interpolate_pose(self._pose_T[j - 1], self._pose_T[j], (t - t0) / (t1 - t0))
+        """Pose topic at stamp ``t`` ns (:func:`~neural_mapping.geometry.pose_at_stamp`: never
+        extrapolated, None across a gap longer than ``max_pose_gap_s``)."""
+        return pose_at_stamp(self._pose_ns, self._pose_T, t, self.max_pose_gap_s * 1e9)[1]
 
     # ---------------------------------------------------------------- frames
     def _fetch(self, entry):

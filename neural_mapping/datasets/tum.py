@@ -37,7 +37,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from neural_mapping.geometry import interpolate_pose, pose_from_tq
+from neural_mapping.geometry import pose_at_stamp, pose_from_tq
 from neural_mapping.io.images import image_size, read_color, read_depth_png, read_tum_list
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 from neural_mapping.datasets.base import Dataset, DatasetError, select_indices, stack_poses
@@ -97,28 +97,6 @@ def associate(stamps_a: np.ndarray, stamps_b: np.ndarray, max_dt: float,
             match[i] = j
             used_b[j] = True
     return match
-
-
-def interpolate_trajectory(gt_stamps: np.ndarray, gt_poses: np.ndarray, query: np.ndarray,
-                           max_gap_s: float = 0.5):
-    """Poses at ``query`` stamps by interpolation between bracketing samples; ``None`` outside
-    the span or across a gap longer than ``max_gap_s`` (never extrapolates)."""
-    out = []
-    n = len(gt_stamps)
-    for t in np.asarray(query, dtype=np.float64):
-        j = int(np.searchsorted(gt_stamps, t, side="left"))
-        if j < n and gt_stamps[j] == t:
-            out.append(gt_poses[j].copy())
-            continue
-        if j == 0 or j >= n:
-            out.append(None)
-            continue
-        t0, t1 = gt_stamps[j - 1], gt_stamps[j]
-        if t1 - t0 > max_gap_s:
-            out.append(None)
-            continue
-        out.append(interpolate_pose(gt_poses[j - 1], gt_poses[j], (t - t0) / (t1 - t0)))
-    return out
 
 
 class Undistorter:
@@ -283,8 +261,8 @@ class TUMRGBD(Dataset):
             vals = vals[o]
             self.gt_stamps = vals[:, 0]
             self.gt_raw_poses = np.stack([pose_from_tq(v[1:4], v[4:8]) for v in vals])
-            self._poses = interpolate_trajectory(self.gt_stamps, self.gt_raw_poses, self.timestamps,
-                                                 max_gt_gap_s)
+            self._poses = [pose_at_stamp(self.gt_stamps, self.gt_raw_poses, t, max_gt_gap_s)[1]
+                           for t in self.timestamps]
             self.no_ground_truth = sum(p is None for p in self._poses)
             if self.no_ground_truth == len(self._poses):
                 self.has_ground_truth = False

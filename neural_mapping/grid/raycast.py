@@ -1,51 +1,57 @@
-"""Ray casting of a TSDF voxel-block grid (model prediction, map pictures).
+"""Ray casting of a :class:`~neural_mapping.grid.field.VoxelField` (model prediction, map pictures).
 
-:func:`raycast` marches every pixel's ray through the grid, vectorised over
-rays in torch (any device):
+:func:`raycast` marches every pixel's ray through the field, vectorised over rays in torch
+(any device), in three stages:
 
-* the ray is parametrised by its metric length ``s``; depth (camera z) is
-  ``s / |ray|`` with ``ray = ((u - cx) / fx, (v - cy) / fy, 1)``;
-* each step reads the *nearest* voxel (one block-index gather and one attribute
-  gather per ray), and advances by
+1. **Arguments** (:func:`_resolve`): the rays in the world, each ray's metric range
+   ``[s_min, s_end]`` (``s`` is the metric length along the ray; depth (camera z) is
+   ``s / |ray|`` with ``ray = ((u - cx) / fx, (v - cy) / fy, 1)``), and the per-pixel
+   ``depth_range`` hint if given.
+2. **Marching** (:func:`_march`): first in block steps on the block index alone up to the
+   first allocated block (empty space is skipped in big steps, as Open3D does), then the
+   fine march (``kernels.march``, TorchScript): each step reads the *nearest* voxel and
+   advances by
 
-  - ``block_size`` through unallocated blocks (empty space is skipped in big
-    steps, as Open3D does),
-  - ``truncation`` through allocated but unobserved voxels,
-  - ``max(step_fraction * tsdf * truncation, voxel)`` through observed ones
-    (sphere tracing on the truncated distance);
+   - ``block_size`` through unallocated blocks,
+   - ``truncation`` through allocated but unobserved voxels,
+   - ``max(step_fraction * sdf * truncation, voxel)`` through observed ones
+     (sphere tracing on the truncated distance);
 
-  a ray that leaves unknown space straight into an observed *negative* voxel
-  after a big step has overshot the front half of the band: it backs up and
-  continues in voxel steps (so big steps never skip a surface);
-* a ``+`` to ``-`` sign change between two observed samples is a hit; ``-`` to
-  ``+`` (a back face) ends the ray as a miss;
-* hits are refined on the trilinear TSDF: linear interpolation in the bracket,
-  then one regula-falsi step; the normal is the normalised trilinear gradient
-  and the color the trilinear color at the refined point.
+   a ray that leaves unknown space straight into an observed *negative* voxel after a big
+   step has overshot the front half of the band: it backs up and continues in voxel steps
+   (so big steps never skip a surface).  A ``+`` to ``-`` sign change between two observed
+   samples is a hit (its bracket is kept); ``-`` to ``+`` (a back face) ends the ray as a
+   miss.  The active rays are compacted after every step, so the cost follows the rays
+   still marching; the last few are finished densely (``tail_fraction``).
+3. **Refinement** (:func:`_refine`): hits are refined on the trilinear field
+   (:func:`neural_mapping.grid.sampling.trilinear`): linear interpolation in the bracket,
+   then one Newton step along the ray; the normal is the normalised trilinear gradient and
+   the color the trilinear color at the refined point.
 
-The active rays are compacted after every step, so the cost follows the rays
-still marching.  :func:`render_shaded` turns a result into a Lambertian-shaded
-RGB picture (Open3D's offscreen renderer does not work headless here).
+:func:`render_shaded` turns a result into a Lambertian-shaded RGB picture (Open3D's
+offscreen renderer does not work headless here).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from neural_mapping import kernels
-from neural_mapping.grid.voxel_grid import VoxelBlockGrid
-from neural_mapping.backends.tsdf.volume import TSDFVolume, _workspace, trilinear
+from neural_mapping.grid.field import VoxelField
+from neural_mapping.grid.sampling import index_args, trilinear
+from neural_mapping.grid.workspace import workspace
 from neural_mapping.types import CameraIntrinsics, check_pose
+
 _BIG = 1.0e6
 
 
 @dataclass
 class RaycastResult:
-    """Per-pixel model prediction (all tensors on the grid's device).
+    """Per-pixel model prediction (all tensors on the field's device).
 
     ``depth`` [H, W] camera z in metres (0 = miss); ``points_world`` [H, W, 3];
     ``normals_world`` [H, W, 3] unit (0 where invalid), pointing towards the
@@ -62,9 +68,47 @@ class RaycastResult:
     T_world_cam: np.ndarray
     steps: int = 0
 
-    def to_numpy(self) -> dict:
-        return {k: getattr(self, k).detach().cpu().numpy()
-                for k in ("depth", "points_world", "normals_world", "color", "valid")}
+
+def raycast(field: VoxelField, intrinsics: CameraIntrinsics, T_world_cam, *,
+            depth_min_m: float, depth_max_m: float, with_color: bool = True,
+            depth_range: Optional[tuple] = None, march_unhinted: bool = True, fast: bool = False,
+            weight_threshold: float = 0.0, step_fraction: float = 0.8, max_steps: int = 4096,
+            tail_fraction: float = 0.02) -> RaycastResult:
+    """Render depth / points / normals / color of ``field`` seen from ``T_world_cam``
+    (4x4 camera-to-world) between camera depths ``depth_min_m`` and ``depth_max_m``.
+
+    ``intrinsics`` may be a scaled copy (``intrinsics.scaled(0.5)``) to render at a lower
+    resolution.  Voxels with ``weight <= weight_threshold`` count as unobserved.
+
+    ``depth_range=(near, far)``: per-pixel ``[H, W]`` camera-z bounds (tensors or arrays)
+    where the surface is known to lie, e.g. :func:`depth_range_from_depth` of the frame just
+    integrated at this pose.  Rays with ``near > 0`` march only from ``near`` to ``far``
+    (a handful of steps instead of the whole depth range); the others march as usual, or
+    are misses with ``march_unhinted=False``.
+    When at most ``tail_fraction`` of the rays are still marching, the rest of their
+    range is sampled densely (every voxel) in a few batched passes instead.
+    ``fast`` (the tracker's model view): normals (and validity) come from the trilinear
+    gradient at the interpolated crossing, before the Newton step moves the point by a
+    fraction of a voxel: one trilinear lookup per hit instead of two; no color.
+    """
+    rays = _resolve(field, intrinsics, T_world_cam, depth_min_m, depth_max_m, depth_range,
+                    march_unhinted, with_color, fast, step_fraction)
+    hits = _march(field, rays, weight_threshold, step_fraction, max_steps, tail_fraction)
+    return _refine(field, rays, hits, with_color, fast)
+
+
+# ------------------------------------------------------------------ 1. arguments
+@dataclass
+class _Rays:
+    intrinsics: CameraIntrinsics
+    T: np.ndarray  # checked 4x4 float64
+    o: torch.Tensor  # [3] camera centre (world)
+    dirs: torch.Tensor  # [3, N] unit directions (world)
+    ray_norm: torch.Tensor  # [N] |ray| of the z = 1 ray: s = depth * ray_norm
+    s_min: torch.Tensor  # [N] metric start of the range (depth_min_m)
+    s_end: torch.Tensor  # [N] metric end of the range (depth_max_m or the hint's far)
+    s_start: Optional[torch.Tensor]  # [N] hinted start (inf = no hint) or None
+    act: torch.Tensor  # rays that march from s_min (all but the hinted ones)
 
 
 def _camera_rays(intr: CameraIntrinsics, device: torch.device):
@@ -79,78 +123,33 @@ def _camera_rays(intr: CameraIntrinsics, device: torch.device):
         norm = rays.norm(dim=0)
         return rays / norm, norm
 
-    return _workspace().cached(("cam_rays", intr, device), make)
+    return workspace().cached(("cam_rays", intr, device), make)
 
 
-def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrinsics,
-            T_world_cam, *, depth_min_m: Optional[float] = None,
-            depth_max_m: Optional[float] = None, truncation_m: Optional[float] = None,
-            weight_threshold: float = 0.0, step_fraction: float = 0.8,
-            max_steps: int = 4096, with_color: bool = True,
-            depth_range: Optional[tuple] = None, march_unhinted: bool = True,
-            tail_fraction: float = 0.02, one_lookup: bool = False) -> RaycastResult:
-    """Render depth / points / normals / color of the TSDF seen from ``T_world_cam``.
-
-    ``source`` is a :class:`TSDFVolume` (its depth range and truncation are the
-    defaults) or a bare :class:`VoxelBlockGrid` (then ``truncation_m`` and the
-    depth range are required).  ``intrinsics`` may be a scaled copy
-    (``intrinsics.scaled(0.5)``) to render at a lower resolution.
-    Voxels with ``weight <= weight_threshold`` count as unobserved.
-
-    ``depth_range=(near, far)``: per-pixel ``[H, W]`` camera-z bounds (tensors or arrays)
-    where the surface is known to lie, e.g. :func:`depth_range_from_depth` of the frame just
-    integrated at this pose.  Rays with ``near > 0`` march only from ``near`` to ``far``
-    (a handful of steps instead of the whole depth range); the others march as usual, or
-    are misses with ``march_unhinted=False``.
-    When at most ``tail_fraction`` of the rays are still marching, the rest of their
-    range is sampled densely (every voxel) in a few batched passes instead.
-    ``one_lookup``: normals (and validity) come from the trilinear gradient at the
-    interpolated crossing, before the Newton step moves the point by a fraction of a voxel:
-    one trilinear lookup per hit instead of two (no color; the tracker's choice).
-    """
-    if isinstance(source, TSDFVolume):
-        grid = source.grid
-        depth_min_m = source.depth_min_m if depth_min_m is None else depth_min_m
-        depth_max_m = source.depth_max_m if depth_max_m is None else depth_max_m
-        truncation_m = source.truncation_m if truncation_m is None else truncation_m
-    elif isinstance(source, VoxelBlockGrid):
-        grid = source
-        if truncation_m is None or depth_min_m is None or depth_max_m is None:
-            raise ValueError("raycast of a bare grid needs truncation_m, depth_min_m and depth_max_m")
-    else:
-        raise TypeError(f"source must be a TSDFVolume or VoxelBlockGrid, got {type(source).__name__}")
+def _resolve(field: VoxelField, intrinsics, T_world_cam, depth_min_m, depth_max_m, depth_range,
+             march_unhinted, with_color, fast, step_fraction) -> _Rays:
+    if not isinstance(field, VoxelField):
+        raise TypeError(f"raycast needs a VoxelField, got {type(field).__name__}")
     if not isinstance(intrinsics, CameraIntrinsics):
         raise TypeError(f"intrinsics must be CameraIntrinsics, got {type(intrinsics).__name__}")
-    if not (truncation_m > 0 and 0 <= depth_min_m < depth_max_m):
-        raise ValueError(f"need truncation_m > 0 and 0 <= depth_min_m < depth_max_m, got "
-                         f"{truncation_m}, {depth_min_m}, {depth_max_m}")
-    if one_lookup and with_color:
-        raise ValueError("one_lookup renders no color (with_color=False)")
+    if not (0 <= depth_min_m < depth_max_m):
+        raise ValueError(f"need 0 <= depth_min_m < depth_max_m, got {depth_min_m}, {depth_max_m}")
+    if fast and with_color:
+        raise ValueError("fast renders no color (with_color=False)")
     if not 0 < step_fraction <= 1:
         raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction}")
     T = check_pose(T_world_cam.detach().cpu().numpy() if isinstance(T_world_cam, torch.Tensor)
                    else T_world_cam, "T_world_cam")
-    device = grid.device
+    device = field.device
     H, W = intrinsics.height, intrinsics.width
     N = H * W
-    vs = grid.voxel_size_m
-    inv_vs = 1.0 / vs
-
     dirs_cam, ray_norm = _camera_rays(intrinsics, device)
     R = torch.as_tensor(T[:3, :3], dtype=torch.float32, device=device)
     o = torch.as_tensor(T[:3, 3], dtype=torch.float32, device=device)
     dirs = R @ dirs_cam  # [3, N] unit, world
-    block = grid.block_size_m
-    tsdf_pool = grid.attrs["tsdf"].view(-1)
-    weight_pool = grid.attrs["weight"].view(-1)
+    s_min = ray_norm * depth_min_m
     s_end = ray_norm * depth_max_m
-
-    # ---- 1. empty space: march in block steps on the block index alone (cheap) up to
-    #         the first allocated block; the fine march starts one step before it.
-    o_b = (o / block)[:, None]
     act = torch.arange(N, device=device)
-    s = ray_norm * depth_min_m
-    s_first = torch.full((N,), float("inf"), device=device)
     s_start = None
     if depth_range is not None:
         near, far = (torch.as_tensor(x, dtype=torch.float32, device=device).reshape(-1)
@@ -159,73 +158,107 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
             raise ValueError(f"depth_range maps must be {H}x{W}")
         hinted = (near > 0) & (far >= near)
         near = near.clamp(min=depth_min_m)
-        s_start = torch.where(hinted, near * ray_norm, s_first)  # inf = no hint
+        s_start = torch.where(hinted, near * ray_norm, torch.full_like(s_min, float("inf")))
         s_end = torch.where(hinted, torch.minimum(far.clamp(min=0) * ray_norm, s_end), s_end)
         act = (~hinted).nonzero().squeeze(1) if march_unhinted else act[:0]
-        s = s.index_select(0, act)
+    return _Rays(intrinsics, T, o, dirs, ray_norm, s_min, s_end, s_start, act)
+
+
+# ------------------------------------------------------------------ 2. marching
+@dataclass
+class _Hits:
+    hit: torch.Tensor  # [N] bool
+    a: torch.Tensor  # [N] bracket [a, b] (metres along the ray) of the sign change
+    b: torch.Tensor
+    ta: torch.Tensor  # [N] nearest-voxel sdf at a and b
+    tb: torch.Tensor
+    steps: int
+
+
+def _skip_empty(field: VoxelField, rays: _Rays, max_steps: int) -> Tuple[torch.Tensor, int]:
+    """March in block steps on the block index alone (cheap) up to the first allocated
+    block: ``s_first`` ``[N]`` (inf where none is met, or the ray is not marched) and the
+    step count."""
+    grid = field.grid
+    block = grid.block_size_m
+    o_b = (rays.o / block)[:, None]
+    act = rays.act
+    s = rays.s_min.index_select(0, act)
+    s_first = torch.full_like(rays.s_min, float("inf"))
     steps = 0
     while act.numel() > 0 and steps < max_steps:
         steps += 1
-        b = torch.addcmul(o_b, dirs.index_select(1, act), s[None, :], value=1.0 / block)
+        b = torch.addcmul(o_b, rays.dirs.index_select(1, act), s[None, :], value=1.0 / block)
         b = b.floor_().to(torch.int32)
         found = grid.lookup_xyz(b[0], b[1], b[2]) >= 0
         s_first.index_copy_(0, act, torch.where(found, s, s_first.index_select(0, act)))
         s = s + block
-        keep = (~found & (s <= s_end.index_select(0, act))).nonzero().squeeze(1)
+        keep = (~found & (s <= rays.s_end.index_select(0, act))).nonzero().squeeze(1)
         act = act.index_select(0, keep)
         s = s.index_select(0, keep)
+    return s_first, steps
 
-    # ---- 2. fine march from one block step before the first allocated block
-    #         (or from the hinted near bound).
-    s_first = torch.maximum(s_first - block, ray_norm * depth_min_m)
-    if s_start is not None:
-        s_first = torch.where(torch.isfinite(s_start), s_start, s_first)
+
+def _march(field: VoxelField, rays: _Rays, weight_threshold: float, step_fraction: float,
+           max_steps: int, tail_fraction: float) -> _Hits:
+    """Empty-space skip, then the fine march (``kernels.march``) from one block step before
+    the first allocated block (or from the hinted near bound)."""
+    grid = field.grid
+    device = field.device
+    vs = grid.voxel_size_m
+    block = grid.block_size_m
+    trunc = float(field.truncation_m)
+    s_first, steps = _skip_empty(field, rays, max_steps)
+    s_first = torch.maximum(s_first - block, rays.s_min)
+    if rays.s_start is not None:
+        s_first = torch.where(torch.isfinite(rays.s_start), rays.s_start, s_first)
     act = torch.isfinite(s_first).nonzero().squeeze(1)
     s0 = s_first.index_select(0, act)
-    nan = float("nan")
     # State rows: s, prev_t (NaN = unknown), prev_s, last_step, s_end, unknown_step, dir (3).
-    K = act.numel()
-    S = torch.empty(9, K, device=device)
+    S = torch.empty(9, act.numel(), device=device)
     S[0] = s0
-    S[1] = nan
+    S[1] = float("nan")
     S[2] = s0
     S[3] = 0.0
-    S[4] = s_end.index_select(0, act)
-    S[5] = truncation_m  # approach in truncation steps until the first allocated voxel
-    S[6:9] = dirs.index_select(1, act) * inv_vs
-    o_v = (o * inv_vs)[:, None]
-
-    hit = torch.zeros(N, dtype=torch.bool, device=device)
-    hit_a = torch.zeros(N, device=device)  # bracket [hit_a, hit_b] (metres along the ray)
-    hit_b = torch.zeros(N, device=device)
-    hit_ta = torch.zeros(N, device=device)
-    hit_tb = torch.zeros(N, device=device)
-    step_obs = step_fraction * truncation_m
+    S[4] = rays.s_end.index_select(0, act)
+    S[5] = trunc  # approach in truncation steps until the first allocated voxel
+    S[6:9] = rays.dirs.index_select(1, act) * (1.0 / vs)
+    o_v = (rays.o * (1.0 / vs))[:, None]
+    N = rays.s_min.numel()
+    hits = _Hits(torch.zeros(N, dtype=torch.bool, device=device), *(torch.zeros(N, device=device)
+                                                                     for _ in range(4)), 0)
     tail_rays = max(64, int(tail_fraction * N))
     # The loop runs in TorchScript (kernels.py): without the GIL, a few dozen small ops per step.
-    steps = kernels.march(grid._index.view(-1), list(grid._index_origin_list), list(grid._index_shape),
-                          grid.block_size, grid.voxel_index_dtype != torch.int32, tsdf_pool,
-                          weight_pool, float(weight_threshold), o_v, S, act, vs, block,
-                          float(truncation_m), step_obs, steps, max_steps, tail_rays, 32,
-                          hit, hit_a, hit_b, hit_ta, hit_tb)
+    hits.steps = kernels.march(*index_args(grid), field.sdf.view(-1), field.weight.view(-1),
+                               float(weight_threshold), o_v, S, act, vs, block, trunc,
+                               step_fraction * trunc, steps, max_steps, tail_rays, 32,
+                               hits.hit, hits.a, hits.b, hits.ta, hits.tb)
+    return hits
 
-    # ---- refine hits on the trilinear field
-    ids = hit.nonzero().squeeze(1)
-    sa, sb = hit_a[ids], hit_b[ids]
+
+# ------------------------------------------------------------------ 3. refinement
+def _refine(field: VoxelField, rays: _Rays, hits: _Hits, with_color: bool, fast: bool) -> RaycastResult:
+    """Linear interpolation of each hit's bracket, then one Newton step along the ray on the
+    trilinear field (kept only when it stays within a voxel of the bracket); normal = the
+    normalised trilinear gradient (at the interpolated crossing with ``fast``)."""
+    device = field.device
+    vs = field.voxel_size_m
+    o, dirs, ray_norm = rays.o, rays.dirs, rays.ray_norm
+    N = ray_norm.numel()
+    ids = hits.hit.nonzero().squeeze(1)
+    sa, sb = hits.a[ids], hits.b[ids]
     dsel = dirs.index_select(1, ids)
 
     def tri_at(sv, **kw):
-        return trilinear(grid, torch.addcmul(o[:, None], dsel, sv[None, :]), **kw)
+        return trilinear(field, torch.addcmul(o[:, None], dsel, sv[None, :]), **kw)
 
-    # Linear interpolation of the bracket's nearest-voxel samples, then one Newton
-    # step along the ray on the trilinear field (kept only when it stays in the bracket).
-    ta, tb = hit_ta[ids], hit_tb[ids]
+    ta, tb = hits.ta[ids], hits.tb[ids]
     s1 = sa + (sb - sa) * (ta / (ta - tb).clamp_min(1e-12))
     r1 = tri_at(s1, with_grad=True)
-    slope = (r1["grad"] * dsel).sum(dim=0)  # d tsdf / d s, negative towards a surface
-    sn = s1 - r1["tsdf"] / torch.where(slope < 0, slope, -1.0)
+    slope = (r1["grad"] * dsel).sum(dim=0)  # d sdf / d s, negative towards a surface
+    sn = s1 - r1["sdf"] / torch.where(slope < 0, slope, -1.0)
     sm = torch.where((slope < 0) & (sn >= sa - vs) & (sn <= sb + vs), sn, s1)
-    fin = r1 if one_lookup else tri_at(sm, with_grad=True, with_color=with_color)
+    fin = r1 if fast else tri_at(sm, with_grad=True, with_color=with_color)
     g = fin["grad"]
     gn = (g[0] * g[0] + g[1] * g[1] + g[2] * g[2]).sqrt_()
     good = (fin["weight"] > 0) & (gn > 0)
@@ -244,9 +277,11 @@ def raycast(source: Union[TSDFVolume, VoxelBlockGrid], intrinsics: CameraIntrins
     if with_color and "color" in fin:
         col[ids] = fin["color"][good]
     valid[ids] = True
+    H, W = rays.intrinsics.height, rays.intrinsics.width
     return RaycastResult(depth=depth.view(H, W), points_world=pts.T.reshape(H, W, 3),
                          normals_world=nrm.T.reshape(H, W, 3), color=col.view(H, W, 3),
-                         valid=valid.view(H, W), intrinsics=intrinsics, T_world_cam=T, steps=steps)
+                         valid=valid.view(H, W), intrinsics=rays.intrinsics, T_world_cam=rays.T,
+                         steps=hits.steps)
 
 
 def depth_range_from_depth(depth, intrinsics: CameraIntrinsics, margin_m: float,

@@ -5,8 +5,7 @@ Storage
     channel) or ``[capacity, B, B, B, C]`` (C channels), indexed by *slot*.
     ``block_coords[slot]`` is the integer block coordinate of that slot
     (block ``b`` covers voxels ``b*B .. b*B+B-1`` on each axis; voxel ``v`` has
-    its centre at ``(v + 0.5) * voxel_size_m`` in the world frame... see
-    :meth:`VoxelBlockGrid.voxel_origin_m`).  Slots ``[0, num_blocks)`` are in use;
+    its centre at ``(v + 0.5) * voxel_size_m`` in the world frame).  Slots ``[0, num_blocks)`` are in use;
     the pool doubles when full, up to ``max_capacity`` (then a clear error).
     Inside a block, ``attr[slot, i, j, k]`` is voxel ``block * B + (i, j, k)``
     (x, y, z order, C-contiguous), so ``attr.view(capacity, B**3)[slot, (i*B + j)*B + k]``.
@@ -50,6 +49,12 @@ TSDF_ATTRIBUTES: Tuple[AttributeSpec, ...] = (
 )
 
 
+def voxel_offsets(block_size: int, device: torch.device) -> torch.Tensor:
+    """Integer offsets ``[B^3, 3]`` of the voxels of a block, in the grid's memory order."""
+    r = torch.arange(block_size, device=device)
+    return torch.stack(torch.meshgrid(r, r, r, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
 class CapacityError(RuntimeError):
     """The grid would exceed its configured memory bound."""
 
@@ -68,10 +73,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 class VoxelBlockGrid:
     """Block pool + dense block index. See the module docstring."""
 
-    def __init__(self, voxel_size_m: float, block_size: int = 8,
+    def __init__(self, voxel_size_m: float, block_size: Optional[int] = None,
                  attributes: Sequence[AttributeSpec] = TSDF_ATTRIBUTES,
-                 initial_capacity: int = 4096, max_capacity: int = 300_000,
+                 initial_capacity: Optional[int] = None, max_capacity: Optional[int] = None,
                  device: str | torch.device = "auto", max_index_cells: int = 1 << 26):
+        """Sizes left ``None`` take the typed config's defaults (:class:`~neural_mapping.config.GridConfig`);
+        :meth:`from_config` builds a grid from a config section."""
+        from neural_mapping.config import GridConfig
+        block_size = GridConfig.block_size_vox if block_size is None else block_size
+        initial_capacity = GridConfig.initial_capacity_blocks if initial_capacity is None else initial_capacity
+        max_capacity = GridConfig.max_capacity_blocks if max_capacity is None else max_capacity
         if not (voxel_size_m > 0):
             raise ValueError(f"voxel_size_m must be > 0, got {voxel_size_m}")
         if block_size < 2:
@@ -87,6 +98,13 @@ class VoxelBlockGrid:
         self.device = resolve_device(device)
         self._initial_capacity = int(min(initial_capacity, max_capacity))
         self.reset()
+
+    @classmethod
+    def from_config(cls, gcfg, attributes: Sequence[AttributeSpec]) -> "VoxelBlockGrid":
+        """From a :class:`~neural_mapping.config.GridConfig` section."""
+        return cls(gcfg.voxel_size_m, gcfg.block_size_vox, attributes,
+                   initial_capacity=gcfg.initial_capacity_blocks,
+                   max_capacity=gcfg.max_capacity_blocks, device=gcfg.device)
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
@@ -297,15 +315,6 @@ class VoxelBlockGrid:
         x = flat // (sy * sz)
         return torch.stack([x, y, z], dim=1) + self._index_origin
 
-    # ------------------------------------------------------------ geometry
-    def voxel_origin_m(self) -> float:
-        """World coordinate of voxel 0's centre on each axis (voxel v centre = (v + 0.5) * voxel_size_m)."""
-        return 0.5 * self.voxel_size_m
-
-    def block_coords_of_points(self, points_m: torch.Tensor) -> torch.Tensor:
-        """Integer block coordinates ``[N, 3]`` containing world points ``[N, 3]``."""
-        return torch.floor(points_m / self.block_size_m).to(torch.int32)
-
     # ------------------------------------------------------------- persist
     def state_dict(self) -> Dict[str, object]:
         n = self.num_blocks
@@ -320,11 +329,16 @@ class VoxelBlockGrid:
 
     @classmethod
     def from_state_dict(cls, state: Dict[str, object], device: str | torch.device = "auto",
-                        max_capacity: int = 300_000) -> "VoxelBlockGrid":
+                        max_capacity: Optional[int] = None) -> "VoxelBlockGrid":
+        """A grid holding ``state`` (:meth:`state_dict`); ``max_capacity`` defaults to the
+        config's and is raised to fit the saved blocks."""
         specs = [AttributeSpec(name, getattr(torch, dt), ch, init)
                  for name, dt, ch, init in state["attributes"]]
         coords = state["block_coords"]
         n = int(coords.shape[0])
+        if max_capacity is None:
+            from neural_mapping.config import GridConfig
+            max_capacity = GridConfig.max_capacity_blocks
         grid = cls(state["voxel_size_m"], state["block_size"], specs,
                    initial_capacity=max(16, n), max_capacity=max(max_capacity, n), device=device)
         if n:

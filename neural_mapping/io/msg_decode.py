@@ -1,4 +1,4 @@
-"""Pure-numpy decoding of ``sensor_msgs/Image`` and ``sensor_msgs/CameraInfo``.
+"""Pure-numpy decoding of ``sensor_msgs/Image``, ``sensor_msgs/CameraInfo`` and pose messages.
 
 One implementation shared by the bag reader (:mod:`neural_mapping.datasets.rosbag`, messages
 from the ``rosbags`` type store) and the ROS node (:mod:`neural_mapping.ros.conversions`,
@@ -9,6 +9,8 @@ never imports ``rclpy`` or a ``*_msgs`` package.
   ``array.array``, ``memoryview`` or a numpy array, as the message libraries give it).
 * CameraInfo: ``k`` (or ROS 1 style ``K``), ``width, height, binning_x, binning_y, roi``
   (``x_offset, y_offset, width, height``) and, for :func:`has_distortion`, ``d`` (or ``D``).
+* Poses: ``geometry_msgs/PoseStamped``, ``nav_msgs/Odometry``, ``geometry_msgs/TransformStamped``
+  (``header.stamp.sec/nanosec``, the position / translation and orientation / rotation fields).
 
 Decoders:
 
@@ -17,6 +19,8 @@ Decoders:
   negative become 0.  :func:`depth_raw_from_msg` is the zero-copy view before conversion.
 * :func:`color_from_msg` -- ``rgb8, bgr8, rgba8, bgra8, mono8`` to (H, W, 3) uint8 RGB.
 * :func:`intrinsics_from_camera_info` -- ``K`` with ``roi`` and ``binning_x/y`` applied.
+* :func:`pose_sample_from_msg` -- a pose message to a :class:`PoseSample` (stamp, ``t``, ``q``
+  as received); non-finite values and an all-zero quaternion are rejected (``bad_pose``).
 
 Images are read through ``np.ndarray(buffer=...)`` with the row ``step`` as stride and the
 byte order given by ``is_bigendian``: no copy until the one conversion to the output array.
@@ -37,6 +41,9 @@ DEPTH_ENCODING = "depth_encoding"
 COLOR_ENCODING = "color_encoding"
 SIZE_MISMATCH = "size_mismatch"
 BAD_CAMERA_INFO = "bad_camera_info"
+BAD_POSE = "bad_pose"
+
+POSE_TYPES = ("PoseStamped", "Odometry", "TransformStamped")
 
 # encoding -> (numpy dtype of one pixel, scale to metres)
 DEPTH_ENCODINGS = {"16UC1": ("u2", 1e-3), "mono16": ("u2", 1e-3), "32FC1": ("f4", 1.0)}
@@ -209,3 +216,92 @@ def has_distortion(msg, tol: float = 1e-9) -> bool:
     if d is None:
         d = getattr(msg, "D", ())
     return any(abs(float(v)) > tol for v in np.asarray(d, dtype=np.float64).reshape(-1))
+
+
+# ------------------------------------------------------------------------------ poses
+def stamp_to_sec(stamp) -> float:
+    """``builtin_interfaces/Time`` (or a Header) to float seconds."""
+    if hasattr(stamp, "stamp"):
+        stamp = stamp.stamp
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def stamp_to_ns(stamp) -> int:
+    """``builtin_interfaces/Time`` (or a Header) to integer nanoseconds (exact)."""
+    if hasattr(stamp, "stamp"):
+        stamp = stamp.stamp
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class PoseSample:
+    """A decoded pose message: ``stamp`` (s), ``stamp_ns`` (exact), translation ``t`` (3),
+    quaternion ``q`` ``(x, y, z, w)`` *as received* (not normalised), ``frame_id``,
+    ``child_frame_id``."""
+
+    __slots__ = ("stamp", "stamp_ns", "t", "q", "frame_id", "child_frame_id")
+
+    def __init__(self, stamp_ns, t, q, frame_id, child_frame_id):
+        self.stamp_ns = int(stamp_ns)
+        sec, nsec = divmod(self.stamp_ns, 1_000_000_000)
+        self.stamp = sec + nsec * 1e-9
+        self.t, self.q = t, q
+        self.frame_id, self.child_frame_id = frame_id, child_frame_id
+
+    @property
+    def tq(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``(t, q)`` as ``PoseBuffer.add(stamp, (t, q))`` takes it."""
+        return self.t, self.q
+
+    @property
+    def quat_norm(self) -> float:
+        return float(np.linalg.norm(self.q))
+
+    @property
+    def T(self) -> np.ndarray:
+        """The 4x4 pose (quaternion normalised to make a rotation)."""
+        from neural_mapping.geometry import pose_from_tq  # numpy; the module imports torch too
+        return pose_from_tq(self.t, self.q)
+
+    def __repr__(self) -> str:
+        return (f"PoseSample(stamp={self.stamp!r}, t={self.t.tolist()}, q={self.q.tolist()}, "
+                f"frame_id={self.frame_id!r}, child_frame_id={self.child_frame_id!r})")
+
+
+def pose_kind(msg) -> str:
+    """``PoseStamped`` / ``Odometry`` / ``TransformStamped`` of a message object (rclpy classes
+    are named so; the rosbags type store names them ``geometry_msgs__msg__PoseStamped``)."""
+    name = type(msg).__name__.rsplit("__", 1)[-1]
+    if name in POSE_TYPES:
+        return name
+    raise DecodeError(BAD_POSE, f"unsupported pose message type {type(msg).__module__}."
+                      f"{type(msg).__name__}; supported: {', '.join(POSE_TYPES)}")
+
+
+def pose_sample_from_msg(msg, kind: Optional[str] = None,
+                         quat_norm_tol: Optional[float] = None) -> PoseSample:
+    """Decode PoseStamped / Odometry / TransformStamped (``kind`` as in the node parameter
+    ``pose_topic_type``; default: from the message type).  Rejects with
+    ``DecodeError('bad_pose')``: non-finite values, an all-zero quaternion and, with
+    ``quat_norm_tol``, a quaternion whose norm is further than that from 1.  Otherwise the
+    quaternion is returned as received: normalising (and, for live poses, the norm tolerance)
+    is the PoseBuffer's job (feed it ``sample.tq``)."""
+    actual = pose_kind(msg)
+    if kind is not None and kind != actual:
+        raise DecodeError(BAD_POSE, f"expected a {kind} message, got {actual}")
+    if actual == "PoseStamped":
+        p, o, child = msg.pose.position, msg.pose.orientation, ""
+    elif actual == "Odometry":
+        p, o, child = msg.pose.pose.position, msg.pose.pose.orientation, msg.child_frame_id
+    else:
+        p, o, child = msg.transform.translation, msg.transform.rotation, msg.child_frame_id
+    t = np.array([p.x, p.y, p.z], dtype=np.float64)
+    q = np.array([o.x, o.y, o.z, o.w], dtype=np.float64)
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
+        raise DecodeError(BAD_POSE, f"{actual} has non-finite values: t={t.tolist()}, q={q.tolist()}")
+    if not np.any(q):
+        raise DecodeError(BAD_POSE, f"{actual} has an all-zero quaternion")
+    n = float(np.linalg.norm(q))
+    if quat_norm_tol is not None and abs(n - 1.0) > quat_norm_tol:
+        raise DecodeError(BAD_POSE, f"{actual} quaternion norm {n:.4f} is further than "
+                          f"{quat_norm_tol} from 1")
+    return PoseSample(stamp_to_ns(msg.header.stamp), t, q, msg.header.frame_id, child)

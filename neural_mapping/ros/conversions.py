@@ -10,9 +10,9 @@ Decoding (inputs):
 * :func:`pose_from_msg` / :func:`pose_sample_from_msg` -- PoseStamped, Odometry,
   TransformStamped.
 
-The image and camera_info decoders (and :class:`DecodeError`) are the core's
-:mod:`neural_mapping.io.msg_decode`, re-exported here: one pure-numpy copy shared with the bag
-reader.  They read ``msg.data`` through ``np.ndarray(buffer=...)`` with the row ``step`` as
+The image, camera_info and pose decoders (and :class:`DecodeError`, :class:`PoseSample`,
+:func:`stamp_to_sec`) are the core's :mod:`neural_mapping.io.msg_decode`, re-exported here: one
+pure-numpy copy shared with the bag reader.  They read ``msg.data`` through ``np.ndarray(buffer=...)`` with the row ``step`` as
 stride and the byte order given by ``is_bigendian``: no copy until the one conversion to the
 output array (``rgb8`` without padding is returned as a zero-copy view).  Every rejected
 input raises :class:`DecodeError` whose ``reason`` is a short, stable key (the node counts
@@ -33,33 +33,25 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from neural_mapping.geometry import pose_from_tq, rot_to_quat
-from neural_mapping.io.msg_decode import (BAD_CAMERA_INFO, COLOR_ENCODING, COLOR_ENCODINGS,  # noqa: F401 (API)
-                          DEPTH_ENCODING, DEPTH_ENCODINGS, SIZE_MISMATCH, DecodeError,
-                          color_from_msg, depth_from_msg, depth_raw_from_msg, has_distortion,
-                          intrinsics_from_camera_info)
+from neural_mapping.geometry import rot_to_quat
+from neural_mapping.io.msg_decode import (BAD_CAMERA_INFO, BAD_POSE, COLOR_ENCODING,  # noqa: F401 (API)
+                                          COLOR_ENCODINGS, DEPTH_ENCODING, DEPTH_ENCODINGS, POSE_TYPES,
+                                          SIZE_MISMATCH, DecodeError, PoseSample, color_from_msg,
+                                          depth_from_msg, depth_raw_from_msg, has_distortion,
+                                          intrinsics_from_camera_info, pose_sample_from_msg,
+                                          stamp_to_sec)
 from neural_mapping.types import CameraIntrinsics
 
-# Stable drop-counter keys (the image / camera_info ones come from msg_decode).
+# Stable drop-counter keys (the image / camera_info / pose ones come from msg_decode).
 NOT_REGISTERED = "not_registered"
-BAD_POSE = "bad_pose"
 BAD_STAMP = "bad_stamp"
 REASONS = (DEPTH_ENCODING, COLOR_ENCODING, SIZE_MISMATCH, BAD_CAMERA_INFO, NOT_REGISTERED,
            BAD_POSE, BAD_STAMP)
-
-POSE_TYPES = ("PoseStamped", "Odometry", "TransformStamped")
 
 HOST_BIGENDIAN = sys.byteorder == "big"
 
 
 # ------------------------------------------------------------------------------ time
-def stamp_to_sec(stamp) -> float:
-    """``builtin_interfaces/Time`` (or a Header) to float seconds."""
-    if hasattr(stamp, "stamp"):
-        stamp = stamp.stamp
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 def sec_to_stamp(t: float):
     """Float seconds to ``builtin_interfaces/Time`` (nanoseconds rounded, carried)."""
     from builtin_interfaces.msg import Time
@@ -77,7 +69,7 @@ def sec_to_stamp(t: float):
     return Time(sec=int(sec), nanosec=nsec)
 
 
-def _header(frame_id: str, stamp):
+def header_msg(frame_id: str, stamp):
     from std_msgs.msg import Header
     return Header(stamp=sec_to_stamp(stamp), frame_id=str(frame_id))
 
@@ -108,62 +100,7 @@ def check_registered(depth_shape: Sequence[int], color_shape: Sequence[int],
 
 
 # ------------------------------------------------------------------------------ poses
-class PoseSample:
-    """A decoded pose message: ``stamp`` (s), translation ``t`` (3), quaternion ``q``
-    ``(x, y, z, w)`` *as received* (not normalised), ``frame_id``, ``child_frame_id``."""
-
-    __slots__ = ("stamp", "t", "q", "frame_id", "child_frame_id")
-
-    def __init__(self, stamp, t, q, frame_id, child_frame_id):
-        self.stamp, self.t, self.q = stamp, t, q
-        self.frame_id, self.child_frame_id = frame_id, child_frame_id
-
-    @property
-    def tq(self) -> Tuple[np.ndarray, np.ndarray]:
-        """``(t, q)`` as ``PoseBuffer.add(stamp, (t, q))`` takes it."""
-        return self.t, self.q
-
-    @property
-    def T(self) -> np.ndarray:
-        return pose_from_tq(self.t, self.q)
-
-    def __repr__(self) -> str:
-        return (f"PoseSample(stamp={self.stamp!r}, t={self.t.tolist()}, q={self.q.tolist()}, "
-                f"frame_id={self.frame_id!r}, child_frame_id={self.child_frame_id!r})")
-
-
-def _pose_kind(msg) -> str:
-    name = type(msg).__name__
-    if name in POSE_TYPES:
-        return name
-    raise DecodeError(BAD_POSE, f"unsupported pose message type {type(msg).__module__}.{name}; "
-                      f"supported: {', '.join(POSE_TYPES)}")
-
-
-def pose_sample_from_msg(msg, kind: Optional[str] = None) -> PoseSample:
-    """Decode PoseStamped / Odometry / TransformStamped (``kind`` as in the node parameter
-    ``pose_topic_type``; default: from the message type).  Rejects non-finite values and a
-    zero quaternion with ``DecodeError('bad_pose')``; normalisation and the quaternion-norm
-    tolerance are the PoseBuffer's job (feed it ``sample.tq``)."""
-    actual = _pose_kind(msg)
-    if kind is not None and kind != actual:
-        raise DecodeError(BAD_POSE, f"expected a {kind} message, got {actual}")
-    if actual == "PoseStamped":
-        p, o, child = msg.pose.position, msg.pose.orientation, ""
-    elif actual == "Odometry":
-        p, o, child = msg.pose.pose.position, msg.pose.pose.orientation, msg.child_frame_id
-    else:
-        p, o, child = msg.transform.translation, msg.transform.rotation, msg.child_frame_id
-    t = np.array([p.x, p.y, p.z], dtype=np.float64)
-    q = np.array([o.x, o.y, o.z, o.w], dtype=np.float64)
-    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
-        raise DecodeError(BAD_POSE, f"{actual} has non-finite values: t={t.tolist()}, q={q.tolist()}")
-    if not np.any(q):
-        raise DecodeError(BAD_POSE, f"{actual} has an all-zero quaternion")
-    stamp = stamp_to_sec(msg.header.stamp)
-    return PoseSample(stamp, t, q, msg.header.frame_id, child)
-
-
+# PoseSample and pose_sample_from_msg are the core's (neural_mapping.io.msg_decode, above).
 def pose_from_msg(msg, kind: Optional[str] = None) -> Tuple[float, np.ndarray]:
     """``(stamp_s, T)`` with ``T`` the 4x4 pose of the message (quaternion normalised to make
     a rotation).  To go through the PoseBuffer's quaternion checks, use
@@ -200,7 +137,7 @@ def _fill_pose(pose, T) -> None:
 def pose_stamped_msg(T, stamp, frame_id: str):
     from geometry_msgs.msg import PoseStamped
     msg = PoseStamped()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     _fill_pose(msg.pose, T)
     return msg
 
@@ -211,7 +148,7 @@ def odometry_msg(T, stamp, frame_id: str, child_frame_id: str, *,
     frame.  Covariances are left zero (unknown)."""
     from nav_msgs.msg import Odometry
     msg = Odometry()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     msg.child_frame_id = str(child_frame_id)
     _fill_pose(msg.pose.pose, T)
     if linear is not None:
@@ -226,7 +163,7 @@ def odometry_msg(T, stamp, frame_id: str, child_frame_id: str, *,
 def transform_stamped_msg(T, stamp, frame_id: str, child_frame_id: str):
     from geometry_msgs.msg import TransformStamped
     msg = TransformStamped()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     msg.child_frame_id = str(child_frame_id)
     T = np.asarray(T, dtype=np.float64)
     tr, rot = msg.transform.translation, msg.transform.rotation
@@ -262,7 +199,7 @@ def occupancy_grid_msg(grid, resolution: float, origin_xy: Sequence[float], fram
     if not (resolution > 0 and math.isfinite(resolution)):
         raise ValueError(f"resolution must be > 0, got {resolution}")
     msg = OccupancyGrid()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     info = msg.info
     info.map_load_time = msg.header.stamp
     info.resolution = float(resolution)
@@ -332,7 +269,7 @@ def image_msg(img, encoding: str, *, stamp=0.0, frame_id: str = "", row_padding:
         padded[:, :row.shape[1]] = row
         row = padded
     msg = Image()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     msg.height, msg.width = int(h), int(w)
     msg.encoding = encoding
     msg.is_bigendian = 1 if (big_endian and px.dtype.itemsize > 1) else 0
@@ -350,7 +287,7 @@ def camera_info_msg(intrinsics: CameraIntrinsics, frame_id: str = "", stamp=0.0,
     from sensor_msgs.msg import CameraInfo
     i = intrinsics
     msg = CameraInfo()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     msg.width, msg.height = i.width, i.height
     msg.distortion_model = distortion_model
     d = array.array("d")

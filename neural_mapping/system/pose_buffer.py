@@ -9,7 +9,8 @@ Query statuses (:meth:`PoseBuffer.query` returns ``PoseLookup(status, T)``,
 which unpacks as ``status, T = buf.query(stamp)``; ``T`` is None unless ok):
 
 ``ok``       ``T`` interpolated (translation lerp, rotation slerp) between the
-             neighbours, or the stored pose itself at an exact stamp.
+             neighbours, or the stored pose itself at an exact stamp
+             (:func:`~neural_mapping.geometry.pose_at_stamp`).
 ``wait``     the stamp is newer than the newest pose (or nothing is buffered
              yet): a newer pose may still arrive, ask again later.
 ``too_old``  the stamp is older than the oldest kept pose: it can never be
@@ -52,7 +53,8 @@ from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 
-from neural_mapping.geometry import interpolate_pose, orthonormalize, pose_from_tq
+from neural_mapping.geometry import (STAMP_AFTER, STAMP_BEFORE, STAMP_GAP, orthonormalize, pose_at_stamp,
+                                     pose_from_tq)
 
 log = logging.getLogger(__name__)
 
@@ -189,29 +191,19 @@ class PoseBuffer:
         With ``now`` (same clock as the stamps) a ``wait`` past the timeout becomes ``expired``."""
         stamp = float(stamp)
         with self._lock:
-            st = self._stamps
-            if not st or stamp > st[-1]:
+            status, T = pose_at_stamp(self._stamps, self._poses, stamp, self.max_gap_s)
+            if status == STAMP_AFTER:
                 if now is not None and self._expired(stamp, now):
                     self.frame_drops[EXPIRED] += 1
                     return PoseLookup(EXPIRED, None)
                 return PoseLookup(WAIT, None)
-            if stamp < st[0]:
+            if status == STAMP_BEFORE:
                 self.frame_drops[TOO_OLD] += 1
                 return PoseLookup(TOO_OLD, None)
-            i = bisect.bisect_left(st, stamp)
-            if st[i] == stamp:
-                return PoseLookup(OK, self._poses[i].copy())
-            t0, t1 = st[i - 1], st[i]
-            if self.max_gap_s is not None and t1 - t0 > self.max_gap_s:
+            if status == STAMP_GAP:
                 self.frame_drops[GAP] += 1
                 return PoseLookup(GAP, None)
-            T0, T1 = self._poses[i - 1], self._poses[i]
-        alpha = (stamp - t0) / (t1 - t0)
-        return PoseLookup(OK, interpolate_pose(T0, T1, alpha))
-
-    def pose_at(self, stamp: float) -> Optional[np.ndarray]:
-        """Convenience: the interpolated pose or None (whatever the reason)."""
-        return self.query(stamp).T
+        return PoseLookup(OK, T)
 
     def _expired(self, stamp: float, now: float) -> bool:
         return float(now) - stamp > self.wait_timeout_s

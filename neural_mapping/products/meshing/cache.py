@@ -2,9 +2,13 @@
 
 ::
 
-    integrate(...) ─► stats["slots"] ─► MeshCache.mark_dirty(grid, slots)      (mapping thread)
-    MeshCache.update(grid, max_blocks) ─► MeshUpdate(changed, emptied, ...)     (reader, map_lock)
-    MeshCache.full_mesh() == extract_mesh(grid)   once nothing is dirty
+    backend.integrate(...) ─► stats["slots"] ─► MeshCache.mark_dirty(grid, slots)  (mapping thread)
+    MeshCache.update(field, max_blocks) ─► MeshUpdate(changed, emptied, ...)      (reader, map lock)
+    MeshCache.full_mesh() == extract_mesh(field)   once nothing is dirty
+
+``mark_dirty`` / ``mark_all_dirty`` / ``invalidate`` read only block coordinates: they take
+the :class:`~neural_mapping.grid.field.VoxelField` or just its
+:class:`~neural_mapping.grid.voxel_grid.VoxelBlockGrid`; ``update`` meshes the field.
 
 Keys
     Blocks are keyed by their integer block coordinate packed in one Python int
@@ -20,11 +24,11 @@ Dirty set
 
 Update
     A block's cubes read its own voxels and the first layer of its +x/+y/+z
-    neighbours (see :mod:`neural_mapping.products.meshing`), so when a block changes, it and
-    its allocated -x/-y/-z neighbours (:func:`~neural_mapping.products.meshing.dependent_slots`)
-    are re-extracted, all in **one** vectorised :func:`~neural_mapping.products.meshing.extract_block_meshes`
-    call.  Only the processed dirty blocks leave the dirty set (a dependent that is
-    dirty itself stays dirty, so its own dependents are redone when its turn comes).
+    neighbours (see :mod:`~neural_mapping.products.meshing.marching_cubes`), so when a block
+    changes, it and its allocated -x/-y/-z neighbours (:func:`dependent_slots`) are
+    re-extracted, all in **one** vectorised :func:`extract_block_meshes` call.  Only the
+    processed dirty blocks leave the dirty set (a dependent that is dirty itself stays
+    dirty, so its own dependents are redone when its turn comes).
     When the dirty set is empty, every cached piece was extracted after the last
     change of every voxel it reads, so the union of the pieces is the full extraction
     (vertices are keyed by grid edge, so a vertex shared by two blocks has the same
@@ -39,8 +43,8 @@ Pieces
     deduplicating keys).  Soups are what ``visualization_msgs/Marker`` TRIANGLE_LIST
     wants, so a publisher concatenates them without reindexing.
 
-Thread safety: every public method takes an internal lock; the grid must not be
-written during :meth:`MeshCache.update` (the system calls it under ``map_lock``).
+Thread safety: every public method takes an internal lock; the field must not be
+written during :meth:`MeshCache.update` (the system calls it under its map lock).
 """
 
 from __future__ import annotations
@@ -49,15 +53,22 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from neural_mapping.grid.field import VoxelField
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid
-from neural_mapping.products.meshing import Mesh, dependent_slots, extract_block_meshes
+from neural_mapping.products import require_field
+from neural_mapping.products.meshing.marching_cubes import dependent_slots, extract_block_meshes
+from neural_mapping.products.meshing.mesh import Mesh
 
-__all__ = ["BlockMesh", "MeshUpdate", "MeshCache", "pack_block_keys", "unpack_block_keys"]
+__all__ = ["BlockMesh", "MeshUpdate", "MeshCache", "pack_block_keys", "unpack_block_keys",
+           "soups_to_mesh"]
+
+# What the dirty-set methods accept: a field, or only its grid (block coordinates are all they read).
+FieldOrGrid = Union[VoxelField, VoxelBlockGrid]
 
 _KB = 21                    # bits per block coordinate
 _KOFF = 1 << (_KB - 1)      # block coordinates in [-2^20, 2^20)
@@ -81,7 +92,8 @@ class BlockMesh:
 
     ``vertices [3T, 3]`` float32 world metres, triangle ``t`` = rows ``3t .. 3t+2``
     (counter-clockwise seen from free space); ``colors [3T, 3]`` uint8 RGB per row;
-    ``keys [T, 3]`` int64 global edge key of each corner (:func:`meshing.edge_keys`).
+    ``keys [T, 3]`` int64 global edge key of each corner
+    (:func:`~neural_mapping.products.meshing.marching_cubes.edge_keys`).
     """
 
     __slots__ = ("keys", "vertices", "colors")
@@ -145,11 +157,12 @@ class MeshCache:
         self._seq = 0
 
     # ------------------------------------------------------------------ dirty set
-    def mark_dirty(self, grid: VoxelBlockGrid, slots, version: Optional[int] = None) -> int:
-        """Mark the blocks in ``slots`` (of ``grid``) dirty; returns how many became dirty.
-        ``version``: the map version of the change (default: a call counter)."""
+    def mark_dirty(self, field: FieldOrGrid, slots, version: Optional[int] = None) -> int:
+        """Mark the blocks in ``slots`` (of ``field``, or of a grid) dirty; returns how many
+        became dirty.  ``version``: the map version of the change (default: a call counter)."""
         if slots is None:
             return 0
+        grid = _blocks_of(field)
         slots = torch.as_tensor(slots, dtype=torch.int64, device=grid.device).reshape(-1)
         if slots.numel() == 0:
             return 0
@@ -165,7 +178,9 @@ class MeshCache:
             d.update((k, stamp) for k in keys if k not in d)
             return len(d) - n0
 
-    def mark_all_dirty(self, grid: VoxelBlockGrid, version: Optional[int] = None) -> int:
+    def mark_all_dirty(self, field: FieldOrGrid, version: Optional[int] = None) -> int:
+        """Mark every block of ``field`` (or of a grid) dirty."""
+        grid = _blocks_of(field)
         return self.mark_dirty(grid, torch.arange(grid.num_blocks, device=grid.device), version)
 
     @property
@@ -176,10 +191,11 @@ class MeshCache:
         """Version at which block ``key`` became dirty, None if it is clean."""
         return self._dirty.get(key)
 
-    def invalidate(self, grid: Optional[VoxelBlockGrid] = None, version: Optional[int] = None) -> None:
-        """Forget everything (the grid was replaced or cleared): the next update reports every
-        cached block as emptied unless it has triangles again, and, given ``grid``, re-meshes
-        all of its blocks."""
+    def invalidate(self, field: Optional[FieldOrGrid] = None, version: Optional[int] = None) -> None:
+        """Forget everything (the map was replaced or cleared): the next update reports every
+        cached block as emptied unless it has triangles again, and, given ``field`` (or a
+        grid), re-meshes all of its blocks."""
+        grid = None if field is None else _blocks_of(field)
         with self._lock:
             self._stale.update(self._pieces)
             self._pieces.clear()
@@ -189,9 +205,10 @@ class MeshCache:
                 self.mark_all_dirty(grid, version)
 
     # ------------------------------------------------------------------ update
-    def update(self, grid: VoxelBlockGrid, max_blocks: Optional[int] = None) -> MeshUpdate:
-        """Re-extract the dirty blocks (the ``max_blocks`` oldest if given) and their
-        dependents in one vectorised call; returns what changed."""
+    def update(self, field: VoxelField, max_blocks: Optional[int] = None) -> MeshUpdate:
+        """Re-extract the dirty blocks of ``field`` (the ``max_blocks`` oldest if given) and
+        their dependents in one vectorised call; returns what changed."""
+        require_field(field)
         t0 = time.perf_counter()
         with self._lock:
             dirty = self._dirty
@@ -202,7 +219,7 @@ class MeshCache:
             out = MeshUpdate(invalidated=self._invalidated, dirty_processed=len(sel))
             emptied: set = set()
             if sel:
-                self._extract(grid, sel, out, emptied)
+                self._extract(field, sel, out, emptied)
                 for k in sel:
                     del dirty[k]
             if self._stale:
@@ -215,7 +232,8 @@ class MeshCache:
         out.seconds = time.perf_counter() - t0
         return out
 
-    def _extract(self, grid: VoxelBlockGrid, sel: List[int], out: MeshUpdate, emptied: set) -> None:
+    def _extract(self, field: VoxelField, sel: List[int], out: MeshUpdate, emptied: set) -> None:
+        grid = field.grid
         dev = grid.device
         coords = unpack_block_keys(sel).to(dev)
         slots = grid.lookup(coords)
@@ -224,11 +242,11 @@ class MeshCache:
             gone = torch.as_tensor(sel)[~alive.cpu()].tolist()
             emptied.update(k for k in gone if self._pieces.pop(k, None) is not None)
             slots = slots[alive]
-        dep = dependent_slots(grid, slots)
+        dep = dependent_slots(field, slots)
         out.blocks_extracted = int(dep.numel())
         if dep.numel() == 0:
             return
-        bm = extract_block_meshes(grid, dep, weight_threshold=self.weight_threshold,
+        bm = extract_block_meshes(field, dep, weight_threshold=self.weight_threshold,
                                   chunk_blocks=self.chunk_blocks)
         dep_keys = pack_block_keys(grid.block_coords[dep]).tolist()
         new_keys: List[int] = []
@@ -276,14 +294,14 @@ class MeshCache:
 
     def full_mesh(self) -> Mesh:
         """Indexed mesh of the union of the cached pieces (vertices deduplicated by edge key).
-        Equals ``extract_mesh(grid)`` (up to vertex/triangle order) when nothing is dirty."""
+        Equals ``extract_mesh(field)`` (up to vertex/triangle order) when nothing is dirty."""
         with self._lock:
             parts = list(self._pieces.values())
         return soups_to_mesh(parts)
 
 
 def soups_to_mesh(parts: Sequence[BlockMesh]) -> Mesh:
-    """Indexed :class:`~neural_mapping.products.meshing.Mesh` of block pieces (shared keys merged)."""
+    """Indexed :class:`~neural_mapping.products.meshing.mesh.Mesh` of block pieces (shared keys merged)."""
     parts = [p for p in parts if p.num_triangles]
     if not parts:
         return Mesh.empty()
@@ -292,3 +310,11 @@ def soups_to_mesh(parts: Sequence[BlockMesh]) -> Mesh:
     cols = np.concatenate([p.colors for p in parts])
     uniq, first, inv = np.unique(keys, return_index=True, return_inverse=True)
     return Mesh(verts[first], inv.reshape(-1, 3).astype(np.int32), cols[first])
+
+
+def _blocks_of(field: FieldOrGrid) -> VoxelBlockGrid:
+    if isinstance(field, VoxelField):
+        return field.grid
+    if isinstance(field, VoxelBlockGrid):
+        return field
+    raise TypeError(f"expected a VoxelField or VoxelBlockGrid, got {type(field).__name__}")

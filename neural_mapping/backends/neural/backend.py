@@ -21,7 +21,6 @@ tracker, meshing and occupancy work unchanged.
 
 from __future__ import annotations
 
-import copy as _copy
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -30,7 +29,7 @@ import torch
 
 from neural_mapping.backends.neural.keyframes import Keyframes, frame_rays
 from neural_mapping.backends.neural.model import NeuralModel
-from neural_mapping.backends.tsdf.volume import TSDFVolume
+from neural_mapping.backends.tsdf import Backend as TSDFBackend
 from neural_mapping.grid.field import VoxelField
 from neural_mapping.grid.raycast import RaycastResult, raycast
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid
@@ -42,7 +41,7 @@ class Backend:
 
     def __init__(self, cfg):
         self.config = cfg
-        self.prior = TSDFVolume.from_config(cfg)
+        self.prior = TSDFBackend.from_config(cfg)
         n = cfg.neural
         for sp in (n.neural_coarse_spacing_vox, n.neural_fine_spacing_vox, n.neural_color_spacing_vox):
             if cfg.grid.block_size_vox % sp or cfg.grid.block_size_vox // sp < 2:
@@ -110,16 +109,9 @@ class Backend:
             setattr(self, k, t)
 
     def configure(self, values: Dict[str, Any]) -> None:
-        p = self.prior
-        lo = float(values.get("depth_min_m", p.depth_min_m))
-        hi = float(values.get("depth_max_m", p.depth_max_m))
-        if not 0 <= lo < hi:
-            raise ValueError(f"need 0 <= depth_min_m < depth_max_m, got {lo}, {hi}")
-        p.depth_min_m, p.depth_max_m = lo, hi
-        if "max_weight" in values:
-            p.max_weight = float(values["max_weight"])
-        if "integrate_color" in values:
-            p.integrate_color = bool(values["integrate_color"])
+        """The prior's runtime values (depth range, max weight, color); the mapper reads the
+        depth range from it."""
+        self.prior.configure(values)
 
     # ------------------------------------------------------------------ writing
     def integrate(self, frame: RGBDFrame, T_world_cam: np.ndarray) -> Dict[str, Any]:
@@ -139,7 +131,8 @@ class Backend:
         if rays is not None and rays.n and n.neural_iterations > 0 and \
                 (self.frames - 1) % n.neural_map_every_frames == 0:
             window = self.keyframes.window(coords, n.neural_window_keyframes, self.grid)
-            out = self.model.map_step(rays, window, coords, self.grid, depth_min_m=self.depth_min_m)
+            out = self.model.map_step(rays, window, coords, self.prior.field(),
+                                      depth_min_m=self.depth_min_m)
             self.timings["map_ms"].append(out["map_ms"])
             if out.pop("decoders_changed"):
                 self._stale[: self.grid.num_blocks] = True
@@ -176,9 +169,10 @@ class Backend:
             self._c.index_copy_(0, part, c.half())
         slots = torch.cat([touched, others])
         nv = g.block_size ** 3
+        pf = self.prior.field()
         for part in slots.split(4096):
-            ps = g.attrs["tsdf"].index_select(0, part).view(-1, nv)
-            pc = g.attrs["color"].index_select(0, part).view(-1, nv, 3) if "color" in g.attrs else None
+            ps = pf.sdf.index_select(0, part).view(-1, nv)
+            pc = None if pf.color is None else pf.color.index_select(0, part).view(-1, nv, 3)
             s, c = self.model.compose_blocks(self._r.index_select(0, part),
                                              self._c.index_select(0, part), ps, pc)
             self._sdf.view(-1, nv).index_copy_(0, part, s)
@@ -196,50 +190,30 @@ class Backend:
     def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, *,
                depth_range: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                color: bool = True, fast: bool = False) -> RaycastResult:
-        f = self.field()
-        # The ray caster reads a grid's "tsdf" attribute: a shallow view of the block grid whose
-        # attributes are the decoded field (index and coordinates shared, nothing copied).
-        view = _copy.copy(self.grid)
-        view.attrs = {"tsdf": f.sdf, "weight": f.weight, "color": f.color}
-        return raycast(view, intrinsics, T_world_cam, depth_min_m=self.depth_min_m,
-                       depth_max_m=self.depth_max_m, truncation_m=self.truncation_m,
-                       with_color=color and not fast, depth_range=depth_range,
-                       march_unhinted=depth_range is None, one_lookup=fast)
+        return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=self.depth_min_m,
+                       depth_max_m=self.depth_max_m, with_color=color, depth_range=depth_range,
+                       march_unhinted=depth_range is None, fast=fast)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> Dict[str, Any]:
-        p = self.prior
-        return {
-            "backend": self.name,
-            "prior": {"grid": p.grid.state_dict(), "truncation_m": p.truncation_m,
-                      "depth_min_m": p.depth_min_m, "depth_max_m": p.depth_max_m,
-                      "max_weight": p.max_weight},
-            "model": self.model.state(),
-            "mode": self.config.neural.neural_mode,
-            "keyframes": self.keyframes.state(),
-            "frames": self.frames,
-        }
+        return {"backend": self.name, "prior": self.prior.state_dict(), "model": self.model.state(),
+                "mode": self.config.neural.neural_mode, "keyframes": self.keyframes.state(),
+                "frames": self.frames}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("backend") != self.name:
-            raise ValueError(f"map was saved by backend {state.get('backend')!r}, not {self.name!r}")
+            raise ValueError(f"map backend {state.get('backend')!r} cannot be loaded into a "
+                             f"{self.name!r} map")
         if state["mode"] != self.config.neural.neural_mode:
             raise ValueError(f"map was saved in neural_mode {state['mode']!r}, config has "
                              f"{self.config.neural.neural_mode!r}")
-        pg = state["prior"]["grid"]
-        if abs(pg["voxel_size_m"] - self.voxel_size_m) > 1e-9 or pg["block_size"] != self.grid.block_size:
-            raise ValueError(f"map voxel {pg['voxel_size_m']} m / block {pg['block_size']} does not "
-                             f"match the config ({self.voxel_size_m} m / {self.grid.block_size})")
         model = NeuralModel(self.config, self.device, self.seed)
         model.load(state["model"])  # raises ValueError before anything of ours changes
-        grid = VoxelBlockGrid.from_state_dict(pg, device=self.device,
-                                              max_capacity=self.grid.max_capacity)
-        self.prior.grid = grid
-        self.prior.truncation_m = float(state["prior"]["truncation_m"])
+        self.prior.load_state_dict(state["prior"])  # checks voxel and block size first
         self.model = model
         self.keyframes.load(state["keyframes"], self.device)
         self.frames = int(state["frames"])
         self._sdf = torch.empty(0)
         self._ensure_cache()
-        self._stale[: grid.num_blocks] = True
+        self._stale[: self.grid.num_blocks] = True
         self._refresh(torch.empty(0, dtype=torch.int64, device=self.device), 0)

@@ -20,7 +20,7 @@ from neural_mapping.backends.neural.decoders import make_decoders
 from neural_mapping.backends.neural.features import (LocalFeatures, block_voxel_features,
                                                      make_levels, upsample_matrix)
 from neural_mapping.backends.neural.keyframes import RaySet, concat
-from neural_mapping.backends.tsdf.volume import sample_tsdf, voxel_offsets
+from neural_mapping.grid.sampling import trilinear
 
 _CHUNK = 1 << 16  # points per decoder call when decoding blocks
 
@@ -70,11 +70,12 @@ class NeuralModel:
                  for i, (lv, (idx, w)) in enumerate(zip(self.levels, corners))]
         return self.decoders(*feats)
 
-    def query(self, pts: torch.Tensor, prior_grid) -> Dict[str, torch.Tensor]:
+    def query(self, pts: torch.Tensor, prior) -> Dict[str, torch.Tensor]:
         """``sdf`` [N] (truncation units, unclamped), ``color`` [N, 3] (0..1), ``valid`` [N]
-        (the point lies in an allocated block) at world points [N, 3]."""
-        valid = self.allocated(pts, prior_grid)
-        ps, pc = self._prior(pts, prior_grid)
+        (the point lies in an allocated block) at world points [N, 3]; ``prior``: the TSDF
+        prior's :class:`~neural_mapping.grid.field.VoxelField`."""
+        valid = self.allocated(pts, prior.grid)
+        ps, pc = self._prior(pts, prior)
         r, c = self.decode_points(pts)
         sdf, color = self.compose(r, c, ps, pc)
         return {"sdf": sdf, "color": color, "valid": valid}
@@ -83,16 +84,16 @@ class NeuralModel:
         b = torch.floor(pts.detach() / prior_grid.block_size_m).to(torch.int32)
         return prior_grid.lookup_xyz(b[:, 0], b[:, 1], b[:, 2]) >= 0
 
-    def _prior(self, pts: torch.Tensor, prior_grid):
+    def _prior(self, pts: torch.Tensor, prior):
         if not self.use_prior:
             return None, None
         with torch.no_grad():
-            s, _, c = sample_tsdf(prior_grid, pts.detach(), with_color=True)
-        return s, c
+            out = trilinear(prior, pts.detach().T.contiguous(), with_color=True)
+        return out["sdf"], out.get("color")
 
     # ------------------------------------------------------------------ mapping
     def map_step(self, current: RaySet, window: List[RaySet], active_coords: torch.Tensor,
-                 prior_grid, *, depth_min_m: float) -> Dict[str, float]:
+                 prior, *, depth_min_m: float) -> Dict[str, float]:
         n = self.cfg
         t0 = time.perf_counter()
         R = n.neural_rays
@@ -107,8 +108,8 @@ class NeuralModel:
                                     truncation_m=self.truncation_m, generator=self.generator)
         Rn, S = t.shape
         pts = (o[:, None, :] + t[..., None] * d[:, None, :]).reshape(-1, 3)
-        valid = self.allocated(pts, prior_grid).view(Rn, S)
-        ps, pc = self._prior(pts, prior_grid)
+        valid = self.allocated(pts, prior.grid).view(Rn, S)
+        ps, pc = self._prior(pts, prior)
         corners = None if self.imap else [lv.corners(pts) for lv in self.levels]
         local = None
         if not self.imap:
@@ -152,7 +153,8 @@ class NeuralModel:
         nb = coords.shape[0]
         nv = B ** 3
         if self.imap:
-            offs = voxel_offsets(B, self.device).float()
+            r_ = torch.arange(B, device=self.device, dtype=torch.float32)
+            offs = torch.stack(torch.meshgrid(r_, r_, r_, indexing="ij"), -1).reshape(-1, 3)
             pts = ((coords.float()[:, None, :] * B + offs[None] + 0.5) * self.voxel_size_m).reshape(-1, 3)
             outs = [self.decoders(p) for p in pts.split(_CHUNK)]
         else:

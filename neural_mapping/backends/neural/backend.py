@@ -194,6 +194,16 @@ class Backend:
                        depth_max_m=self.depth_max_m, with_color=color, depth_range=depth_range,
                        march_unhinted=depth_range is None, fast=fast)
 
+    def memory_bytes(self) -> int:
+        """Block pools of the prior and the feature levels, the field cache, the keyframes."""
+        total = self.grid.memory_bytes() + sum(lv.grid.memory_bytes() for lv in self.model.levels)
+        for t in (self._sdf, self._color, self._r, self._c, self._stale):
+            total += t.numel() * t.element_size()
+        for kf in self.keyframes.frames:
+            total += sum(x.numel() * x.element_size() for x in (kf.dirs, kf.depth, kf.color, kf.blocks)
+                         if x is not None)
+        return total + sum(p.numel() * 4 for p in self.model.decoders.parameters())
+
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> Dict[str, Any]:
         return {"backend": self.name, "prior": self.prior.state_dict(), "model": self.model.state(),

@@ -291,6 +291,13 @@ class NeuralConfig:
                                       lo=16, hi=1_000_000)
     neural_window_keyframes: int = param(4, "Keyframes in the window: those sharing the most blocks "
                                          "with the current frame.", lo=0, hi=1000)
+    neural_replay_fraction: float = param(
+        0.25, "Share of the rays replayed from keyframes outside the window (drawn at random): they "
+        "keep the shared decoders consistent with the parts of the map the camera left (Co-SLAM's "
+        "global replay; only the decoders and the current frame's features are optimised).",
+        lo=0.0, hi=1.0)
+    neural_replay_keyframes: int = param(8, "Keyframes the replayed rays are drawn from per mapping "
+                                         "step.", lo=0, hi=100000)
     neural_samples_uniform: int = param(8, "Stratified samples per ray between depth_min_m and "
                                         "the surface + truncation.", lo=0, hi=1024)
     neural_samples_surface: int = param(8, "Samples per ray within the truncation band around "
@@ -304,12 +311,14 @@ class NeuralConfig:
     neural_decoder_steps: int = param(
         100000, "Mapping steps during which the decoders are trained; after that they are frozen "
         "(0: never trained, the seeded initialisation stays).", lo=0, hi=1_000_000_000)
-    neural_weight_sdf: float = param(10.0, "Loss weight: SDF inside the truncation band.", lo=0.0,
-                                     hi=1e6)
-    neural_weight_free: float = param(1.0, "Loss weight: free space (SDF = 1) in front of the "
-                                      "band.", lo=0.0, hi=1e6)
-    neural_weight_depth: float = param(0.1, "Loss weight: rendered depth (per truncation).", lo=0.0,
-                                       hi=1e6)
+    neural_weight_sdf: float = param(
+        0.1, "Loss weight: SDF inside the truncation band. Small with the prior (it already holds "
+        "the multi-view average of these projective targets; one view's targets measured as "
+        "noise); ~10 without it (ESLAM's ratio).", lo=0.0, hi=1e6)
+    neural_weight_free: float = param(0.1, "Loss weight: free space (SDF = 1) in front of the "
+                                      "band (~1 without the prior).", lo=0.0, hi=1e6)
+    neural_weight_depth: float = param(1.0, "Loss weight: rendered depth (per truncation; ~0.1 "
+                                       "without the prior).", lo=0.0, hi=1e6)
     neural_weight_color: float = param(0.5, "Loss weight: rendered color (0..1).", lo=0.0, hi=1e6)
     neural_field_max_blocks: int = param(
         256, "Each integration re-decodes at most this many stale blocks of the field (the "

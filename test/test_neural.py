@@ -43,6 +43,11 @@ def _frame(T, i=0, K=K_TINY):
     return RGBDFrame(d, K, color=c, pose=T, index=i, timestamp=float(i))
 
 
+# loss weights for a map without the prior (the decoders learn the SDF from the SDF losses)
+NO_PRIOR = {"neural_sdf_prior": False, "neural_weight_sdf": 10.0, "neural_weight_free": 1.0,
+            "neural_weight_depth": 0.1}
+
+
 def _backend(**over):
     values = {"backend": "neural", "device": "cpu", "voxel_size_m": 0.04, "depth_max_m": 4.0,
               "neural_rays": 256, "neural_iterations": 3, "neural_map_every_frames": 1,
@@ -104,7 +109,7 @@ def test_backend_satisfies_protocol_and_maps_a_frame():
 
 
 def test_gradients_reach_features_decoders_and_pose():
-    be = _backend(neural_sdf_prior=False)
+    be = _backend(**NO_PRIOR)
     for i, yaw in enumerate((0, 10)):  # after a step the decoders' last layers are non-zero
         be.integrate(_frame(_pose(yaw), i), _pose(yaw))
     m = be.model
@@ -162,13 +167,13 @@ def _heldout_l1(be, poses):
 def test_tiny_scene_converges_without_the_prior():
     """The decoders alone (no TSDF prior in the SDF) learn the scene from 8 frames."""
     torch.manual_seed(123)  # must not matter: the backend seeds its own generators
-    be = _backend(neural_sdf_prior=False, neural_iterations=30, neural_rays=512,
+    be = _backend(**NO_PRIOR, neural_iterations=30, neural_rays=512,
                   neural_keyframe_every_frames=1, neural_window_keyframes=3)
     train = [_pose(y, (0.1 * np.sin(y), 0, 0)) for y in range(-30, 31, 8)]
     for i, T in enumerate(train):
         be.integrate(_frame(T, i), T)
     test = [_pose(-12), _pose(4), _pose(20)]
-    untrained = _backend(neural_sdf_prior=False, neural_iterations=0)
+    untrained = _backend(**NO_PRIOR, neural_iterations=0)
     untrained.integrate(_frame(train[0]), train[0])
     assert _heldout_l1(untrained, test) > 0.5  # decoders alone, untrained: no surface at all
     be.field(copy=True)  # decode every stale block

@@ -131,8 +131,10 @@ class Backend:
         if rays is not None and rays.n and n.neural_iterations > 0 and \
                 (self.frames - 1) % n.neural_map_every_frames == 0:
             window = self.keyframes.window(coords, n.neural_window_keyframes, self.grid)
+            replay = self.keyframes.replay(window, n.neural_replay_keyframes, self.model.generator) \
+                if n.neural_replay_fraction > 0 else []
             out = self.model.map_step(rays, window, coords, self.prior.field(),
-                                      depth_min_m=self.depth_min_m)
+                                      depth_min_m=self.depth_min_m, replay=replay)
             self.timings["map_ms"].append(out["map_ms"])
             if out.pop("decoders_changed"):
                 self._stale[: self.grid.num_blocks] = True

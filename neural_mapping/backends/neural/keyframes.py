@@ -103,6 +103,14 @@ class Keyframes:
         order = sorted(range(len(self.frames)), key=lambda i: (-scores[i], -i))
         return [self.frames[i] for i in order[:k] if scores[i] > 0]
 
+    def replay(self, exclude: List[RaySet], k: int, generator: torch.Generator) -> List[RaySet]:
+        """Up to ``k`` keyframes drawn at random (seeded) among those not in ``exclude``."""
+        ids = [i for i, f in enumerate(self.frames) if not any(f is e for e in exclude)]
+        if k <= 0 or not ids:
+            return []
+        pick = torch.randperm(len(ids), generator=generator)[:k].tolist()
+        return [self.frames[ids[i]] for i in sorted(pick)]
+
     def state(self) -> List[dict]:
         return [f.state() for f in self.frames]
 

@@ -93,15 +93,22 @@ class NeuralModel:
 
     # ------------------------------------------------------------------ mapping
     def map_step(self, current: RaySet, window: List[RaySet], active_coords: torch.Tensor,
-                 prior, *, depth_min_m: float) -> Dict[str, float]:
+                 prior, *, depth_min_m: float, replay: List[RaySet] = ()) -> Dict[str, float]:
+        """``window``: keyframes overlapping the current frame; ``replay``: other keyframes,
+        whose rays (``neural_replay_fraction`` of them) keep the shared decoders consistent
+        with the rest of the map (Co-SLAM's global replay)."""
         n = self.cfg
         t0 = time.perf_counter()
         R = n.neural_rays
-        n_cur = R if not window else int(round(R * n.neural_current_fraction))
+        n_rep = int(round(R * n.neural_replay_fraction)) if replay else 0
+        n_cur = R - n_rep if not window else int(round((R - n_rep) * n.neural_current_fraction))
         sets = [current.take(self._pick(current.n, n_cur))]
         if window:
-            per = max(1, (R - n_cur) // len(window))
+            per = max(1, (R - n_rep - n_cur) // len(window))
             sets += [kf.take(self._pick(kf.n, per)) for kf in window]
+        if n_rep:
+            per = max(1, n_rep // len(replay))
+            sets += [kf.take(self._pick(kf.n, per)) for kf in replay]
         o, d, D, col = concat(sets)
         t = rendering.sample_depths(D, n_uniform=n.neural_samples_uniform,
                                     n_surface=n.neural_samples_surface, near_m=depth_min_m,

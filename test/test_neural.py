@@ -1,6 +1,7 @@
 """The neural backend: volume rendering, gradients, local updates, convergence, save/load."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from neural_mapping.geometry import se3_exp_torch
 from neural_mapping.types import RGBDFrame
 
 K_TINY = K_VGA.scaled(0.125)  # 80 x 60
+# The same tests on a GPU: NEURAL_MAPPING_TEST_DEVICE=cuda (CI runs them on the CPU).
+DEVICE = os.environ.get("NEURAL_MAPPING_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,7 +52,7 @@ NO_PRIOR = {"neural_sdf_prior": False, "neural_weight_sdf": 10.0, "neural_weight
 
 
 def _backend(**over):
-    values = {"backend": "neural", "device": "cpu", "voxel_size_m": 0.04, "depth_max_m": 4.0,
+    values = {"backend": "neural", "device": DEVICE, "voxel_size_m": 0.04, "depth_max_m": 4.0,
               "neural_rays": 256, "neural_iterations": 3, "neural_map_every_frames": 1,
               "neural_keyframe_rays": 512, "initial_capacity_blocks": 256}
     values.update(over)
@@ -102,7 +105,7 @@ def test_backend_satisfies_protocol_and_maps_a_frame():
     f = be.field()
     assert f.grid is be.grid and f.truncation_m == be.truncation_m
     r = be.render(K_TINY, _pose())
-    d = torch.as_tensor(render_depth(_pose(), K_TINY))
+    d = torch.as_tensor(render_depth(_pose(), K_TINY), device=r.depth.device)
     ok = r.valid & (d > 0)
     assert ok.float().mean() > 0.8
     assert (r.depth - d).abs()[ok].median() < be.voxel_size_m / 2
@@ -116,8 +119,8 @@ def test_gradients_reach_features_decoders_and_pose():
     fr = _frame(_pose(5))
     from neural_mapping.backends.neural.keyframes import frame_rays
     rays = frame_rays(fr.depth, None, K_TINY, np.eye(4), 0.1, 4.0, be.device)
-    xi = torch.full((6,), 1e-3, requires_grad=True)  # (exp has no gradient formula at 0)
-    T = torch.as_tensor(_pose(5), dtype=torch.float32) @ se3_exp_torch(xi)
+    xi = torch.full((6,), 1e-3, requires_grad=True, device=be.device)  # (exp: no gradient at 0)
+    T = torch.as_tensor(_pose(5), dtype=torch.float32, device=be.device) @ se3_exp_torch(xi)
     dirs = rays.dirs @ T[:3, :3].T
     t = rendering.sample_depths(rays.depth, n_uniform=4, n_surface=8, near_m=0.1,
                                 truncation_m=be.truncation_m)
@@ -156,7 +159,7 @@ def _heldout_l1(be, poses):
     errs = []
     for T in poses:
         r = be.render(K_TINY, T)
-        d = torch.as_tensor(render_depth(T, K_TINY))
+        d = torch.as_tensor(render_depth(T, K_TINY), device=r.depth.device)
         ok = (d > 0)
         # a miss counts as the full depth error (a map that does not converge has misses)
         e = torch.where(r.valid, (r.depth - d).abs(), d)[ok]

@@ -32,7 +32,7 @@ from neural_mapping.config import MappingConfig  # noqa: E402
 from neural_mapping.datasets import open_dataset  # noqa: E402
 from neural_mapping.geometry import pose_distance  # noqa: E402
 from neural_mapping.tracking.tracker import Tracker  # noqa: E402
-from neural_mapping.backends.tsdf.volume import TSDFVolume  # noqa: E402
+from neural_mapping.backends import get_backend  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 SEQUENCES = {"7scenes": DATA / "7scenes_redkitchen", "tum": DATA / "tum_fr1_xyz", "synthetic": "synthetic"}
@@ -41,15 +41,15 @@ SEQUENCES = {"7scenes": DATA / "7scenes_redkitchen", "tum": DATA / "tum_fr1_xyz"
 def consistency(name: str, frames: int, every: int, voxel: float, depth_max: float):
     ds = open_dataset(SEQUENCES[name], max_frames=frames or None)
     cfg = MappingConfig.from_flat({"voxel_size_m": voxel, "depth_max_m": depth_max, "device": "cpu"})
-    vol = TSDFVolume(cfg)
+    backend = get_backend(cfg)
     for i in range(len(ds)):
         f = ds[i]
-        vol.integrate(f.depth, f.intrinsics, f.pose, f.color)
+        backend.integrate(f, f.pose)
     shifts, angles = [], []
     tracker = Tracker.from_config(cfg, "cpu")
     for i in range(0, len(ds), every):
         f = ds[i]
-        model = tracker.predict(vol, f.intrinsics, f.pose, f.depth)
+        model = tracker.predict(backend, f.intrinsics, f.pose, f.depth)
         r = tracker.track_depth(f.depth, f.intrinsics, model, f.pose)
         dt, dr = pose_distance(r.T_world_cam, f.pose)
         shifts.append(dt * 100)

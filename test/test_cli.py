@@ -205,6 +205,8 @@ def test_metrics_json_is_written_once_and_complete(tmp_path, monkeypatch):
               "occupancy_resolution_m", "backend", "mesh_triangles", "blocks"):
         assert k in m, k
     assert m["occupancy_occupied_cells"] > 0 and m["wall_s"] > 0
+    # the views looked from beyond the sensor range; the backend's own range is back
+    assert (res.backend.depth_min_m, res.backend.depth_max_m) == (cfg.integration.depth_min_m, 5.0)
     written = sorted(p.name for p in (tmp_path / "o").iterdir())
     assert written == sorted(RUN_OUTPUTS) == sorted(p.name for p in res.files.values())
     from neural_mapping.app import outputs, pictures

@@ -246,3 +246,14 @@ def test_node_conversions_reexport_the_one_pose_decoder():
     from neural_mapping.ros import conversions as cv  # pure numpy without rclpy for these names
     assert cv.pose_sample_from_msg is md.pose_sample_from_msg
     assert cv.PoseSample is md.PoseSample and cv.stamp_to_sec is md.stamp_to_sec
+
+
+def test_decoding_imports_numpy_only():
+    """The decoders load without torch (the node and bag tools pay only for numpy)."""
+    import os
+    import subprocess
+    import sys
+    code = "import sys, neural_mapping.io.msg_decode\nassert 'torch' not in sys.modules\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr

@@ -9,6 +9,7 @@ ROS parameters and the YAML keys.  Precedence: defaults < ``--config YAML`` < fl
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import math
 import sys
@@ -17,6 +18,7 @@ from typing import Optional, Sequence
 
 from neural_mapping.config import MappingConfig, add_config_arguments, config_from_args, leaf_fields
 from neural_mapping.datasets import SUPPORTED_LAYOUTS, DatasetError
+from neural_mapping.io.evaluation import evaluate_tum_files
 
 RUN_EPILOG = f"""\
 dataset formats (detected automatically):
@@ -52,18 +54,31 @@ def _str2bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+def default_of(fn, name: str):
+    """The default of parameter ``name`` of ``fn`` (a function or class): the help texts and the
+    few options that are not config fields quote the loaders' own defaults instead of
+    restating them."""
+    return inspect.signature(fn).parameters[name].default
+
+
 def _add_dataset_arguments(parser) -> None:
     """Options of the dataset loaders (``run`` and ``make-bag``)."""
+    from neural_mapping.datasets import SyntheticRoom, TUMRGBD
+
+    def syn(name):
+        return default_of(SyntheticRoom, name)
+
     io = parser.add_argument_group("dataset options")
     io.add_argument("--undistort", type=_str2bool, default=None, metavar="{true,false}",
                     help="TUM only: undistort depth and colour with the Freiburg plumb_bob "
-                         "coefficients (default: true)")
+                         f"coefficients (default: {str(default_of(TUMRGBD, 'undistort')).lower()})")
     io.add_argument("--synthetic-frames", type=int, default=None, metavar="N",
-                    help="synthetic only: frames in the generated orbit (default: 120)")
+                    help=f"synthetic only: frames in the generated orbit (default: {syn('num_frames')})")
     io.add_argument("--synthetic-size", default=None, metavar="WxH",
-                    help="synthetic only: image size (default: 640x480)")
+                    help=f"synthetic only: image size (default: {syn('width')}x{syn('height')})")
     io.add_argument("--synthetic-noise-m", type=float, default=None, metavar="SIGMA",
-                    help="synthetic only: depth noise std at 1 m, grows with z^2 (default: 0)")
+                    help="synthetic only: depth noise std at 1 m, grows with z^2 "
+                         f"(default: {syn('depth_noise_m'):g})")
 
 
 def _add_mapping_arguments(parser, add_input_arguments) -> None:
@@ -102,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("est", metavar="EST", help="estimated trajectory (TUM format)")
     e.add_argument("gt", metavar="GT", help="ground-truth trajectory (TUM format)")
     e.add_argument("--out", "-o", metavar="DIR", required=True, help="output folder")
-    e.add_argument("--max-diff-s", type=float, default=0.02, metavar="S",
-                   help="largest timestamp difference of a pose pair (default: 0.02 s)")
+    max_diff_s = default_of(evaluate_tum_files, "max_diff_s")
+    e.add_argument("--max-diff-s", type=float, default=max_diff_s, metavar="S",
+                   help=f"largest timestamp difference of a pose pair (default: {max_diff_s:g} s)")
     _add_bag_parsers(sub)
     return p
 
@@ -183,7 +199,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from neural_mapping.io.evaluation import evaluate_tum_files, write_evaluation
+    from neural_mapping.io.evaluation import write_evaluation
 
     try:
         ev = evaluate_tum_files(args.est, args.gt, max_diff_s=args.max_diff_s)
@@ -265,7 +281,8 @@ def _add_bag_parsers(sub) -> None:
 
 
 def _add_topic_arguments(r) -> None:
-    from neural_mapping.datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
+    from neural_mapping.datasets import RosbagDataset
+    from neural_mapping.io.bag_format import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
 
     t = r.add_argument_group("topics")
     t.add_argument("--depth-topic", default=None, metavar="TOPIC",
@@ -277,10 +294,12 @@ def _add_topic_arguments(r) -> None:
     t.add_argument("--pose-topic", default=None, metavar="TOPIC",
                    help="PoseStamped / Odometry / TransformStamped, '' for none "
                         f"(default: {POSE_TOPIC}, if present)")
-    t.add_argument("--sync-tolerance-s", type=float, default=0.02, metavar="S",
-                   help="largest depth-colour stamp difference of a pair (default: 0.02)")
-    t.add_argument("--max-pose-gap-s", type=float, default=0.5, metavar="S",
-                   help="do not interpolate poses across a longer gap (default: 0.5)")
+    for flag, name, what in (("--sync-tolerance-s", "sync_tolerance_s",
+                              "largest depth-colour stamp difference of a pair"),
+                             ("--max-pose-gap-s", "max_pose_gap_s",
+                              "do not interpolate poses across a longer gap")):
+        default = default_of(RosbagDataset, name)
+        t.add_argument(flag, type=float, default=default, metavar="S", help=f"{what} (default: {default:g})")
 
 
 def cmd_make_bag(args) -> int:
@@ -306,7 +325,8 @@ def cmd_make_bag(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from neural_mapping.datasets.rosbag import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC, RosbagDataset
+    from neural_mapping.datasets.rosbag import RosbagDataset
+    from neural_mapping.io.bag_format import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
     from neural_mapping.app.pipeline import run
 
     cfg = offline_config(args, "replay")

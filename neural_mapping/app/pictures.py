@@ -54,16 +54,16 @@ def write_pictures(result, dataset_name: str, intrinsics: CameraIntrinsics, cfg,
 
 
 # ------------------------------------------------------------------------------ occupancy
-
-
 def occupancy_image(grid2d, min_size_px: int = 400) -> np.ndarray:
     """``[H, W, 3]`` uint8 of an :class:`~neural_mapping.products.occupancy.OccupancyGrid2D`:
-    free (0) white, occupied (100) black, unknown grey, map +y up, cells scaled up to at least
+    free white, occupied black, unknown grey, map +y up, cells scaled up to at least
     ``min_size_px`` on the longer side."""
+    from neural_mapping.products.occupancy import FREE, OCCUPIED
+
     data = np.asarray(grid2d.data)[::-1]  # image top row = largest y
     img = np.full(data.shape + (3,), 160, np.uint8)
-    img[data == 0] = 255
-    img[data == 100] = 0
+    img[data == FREE] = 255
+    img[data == OCCUPIED] = 0
     scale = max(1, int(np.ceil(min_size_px / max(1, max(data.shape)))))
     return np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
 

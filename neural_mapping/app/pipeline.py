@@ -27,9 +27,12 @@ are used for evaluation only), ``external+refine`` refines the dataset's pose
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -85,9 +88,9 @@ def run(dataset: Union[str, Path, Dataset], cfg: Optional[MappingConfig] = None,
     with MappingSystem(cfg) as system:
         stats = map_sequence(ds, system, cfg, input_pose, progress=progress)
         mesh, mesh_ms, occupancy = map_products(system, cfg, stats["poses"])
-    result = RunResult(out, {}, stats["timestamps"], stats["poses"], stats["gt_poses"],
+    metrics = collect_metrics(ds, system.backend, cfg, stats, mesh, mesh_ms, occupancy)
+    result = RunResult(out, metrics, stats["timestamps"], stats["poses"], stats["gt_poses"],
                        system.backend, mesh, occupancy)
-    result.metrics = collect_metrics(ds, system.backend, cfg, stats, mesh, mesh_ms, occupancy)
     result.files.update(write_map_files(out, cfg, ds.name, mesh, result.timestamps, result.poses,
                                         occupancy))
     result.files.update(write_pictures(result, ds.name, ds.intrinsics, cfg, render_views))
@@ -107,54 +110,33 @@ def open_input(dataset, cfg: MappingConfig, dataset_kwargs: Optional[dict] = Non
 
 def map_sequence(ds: Dataset, system, cfg: MappingConfig, input_pose: InputPose = external_pose,
                  progress: bool = True, prefetch: int = 2) -> Dict[str, object]:
-    """The frame loop: load (``prefetch`` frames ahead in a background thread, so decoding /
-    rendering overlaps mapping), hand poses and frames to the system, wait for it to finish.
+    """The frame loop: hand poses and frames to the system (frames loaded ``prefetch`` ahead,
+    see :func:`prefetched`), wait for it to finish; the trajectory and timings it produced.
     ``load_ms`` is the time the loop waited for a frame."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     from tqdm import tqdm
 
-    n = len(ds)
-    if cfg.run.max_frames:
-        n = min(n, cfg.run.max_frames)
+    n = min(len(ds), cfg.run.max_frames) if cfg.run.max_frames else len(ds)
     needs_pose = cfg.run.pose_source in ("external", "external+refine")
     gt_by_index: Dict[int, Optional[np.ndarray]] = {}
     load_ms: List[float] = []
     skipped = 0
-    bar = tqdm(total=n, unit="frame", desc=f"mapping {ds.name}", disable=not progress,
-               dynamic_ncols=True, leave=True)
     t_loop = time.perf_counter()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-loader")
-    pending: deque = deque()
-    try:
-        for i in range(min(max(1, prefetch), n)):
-            pending.append(pool.submit(ds.__getitem__, i))
-        for i in range(n):
-            t0 = time.perf_counter()
-            frame = pending.popleft().result()
-            nxt = i + len(pending) + 1
-            if nxt < n:
-                pending.append(pool.submit(ds.__getitem__, nxt))
-            load_ms.append(1000 * (time.perf_counter() - t0))
+    with tqdm(total=n, unit="frame", desc=f"mapping {ds.name}", disable=not progress,
+              dynamic_ncols=True, leave=True) as bar, closing(prefetched(ds, n, prefetch)) as frames:
+        for i, (frame, wait_ms) in enumerate(frames):
+            load_ms.append(wait_ms)
             gt_by_index[frame.index] = frame.pose
+            bar.update(1)
+            if i % 10 == 0:
+                bar.set_postfix(blocks=system.backend.grid.num_blocks, refresh=False)
             if needs_pose:
                 T_in = input_pose(frame)
                 if T_in is None:
                     skipped += 1
-                    bar.update(1)
                     continue
                 system.submit_pose(frame.timestamp, T_in)
             system.submit(frame)  # strict mode: blocks while the tracker is busy
-            bar.update(1)
-            if i % 10 == 0:
-                bar.set_postfix(blocks=system.backend.grid.num_blocks, refresh=False)
         system.flush()
-    finally:
-        for f in pending:
-            f.cancel()
-        pool.shutdown(wait=True)
-        bar.close()
     loop_s = time.perf_counter() - t_loop
     done = [p for p in system.trajectory if p.ok]
     gts = [gt_by_index.get(p.index) for p in done]
@@ -171,6 +153,27 @@ def map_sequence(ds: Dataset, system, cfg: MappingConfig, input_pose: InputPose 
         "track_ms": [1000 * t for t in system.timings["track"]],
         "predict_ms": [1000 * t for t in system.timings["predict"]],
     }
+
+
+def prefetched(ds: Dataset, n: int, ahead: int = 2) -> Iterator[Tuple[RGBDFrame, float]]:
+    """``(ds[i], ms waited for it)`` for ``i < n``, loaded ``ahead`` frames in advance by a
+    background thread (decoding / rendering overlaps mapping).  Close it when done early."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-loader")
+    pending = deque(pool.submit(ds.__getitem__, i) for i in range(min(max(1, ahead), n)))
+    nxt = len(pending)
+    try:
+        while pending:
+            t0 = time.perf_counter()
+            frame = pending.popleft().result()
+            wait_ms = 1000 * (time.perf_counter() - t0)
+            if nxt < n:
+                pending.append(pool.submit(ds.__getitem__, nxt))
+                nxt += 1
+            yield frame, wait_ms
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True)
 
 
 def map_products(system, cfg: MappingConfig, poses: np.ndarray) -> Tuple[object, float, object]:

@@ -45,7 +45,6 @@ written against the plain message fields so the core never imports ROS.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 from collections import Counter
 from contextlib import contextmanager
@@ -55,26 +54,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from neural_mapping.io import msg_decode
+from neural_mapping.io.bag_format import (CAMERA_INFO_TYPE, COLOR_INFO_TOPIC, COLOR_TOPIC,  # noqa: F401 (API)
+                                          DEPTH_INFO_TOPIC, DEPTH_TOPIC, IMAGE_TYPE, POSE_MSG_TYPES,
+                                          POSE_TOPIC, TF_STATIC_TOPIC, header_stamp_ns_from_cdr,
+                                          is_rosbag, typestore)
 from neural_mapping.geometry import pose_at_stamp
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 from neural_mapping.datasets.base import Dataset, DatasetError, select_indices, stack_poses
 from neural_mapping.datasets.tum import associate
 
 log = logging.getLogger(__name__)
-
-# Topic names written by ``neural-mapping make-bag`` (and the node's 'dataset' sensor preset).
-DEPTH_TOPIC = "/camera/depth/image_raw"
-COLOR_TOPIC = "/camera/color/image_raw"
-DEPTH_INFO_TOPIC = "/camera/depth/camera_info"
-COLOR_INFO_TOPIC = "/camera/color/camera_info"
-POSE_TOPIC = "/camera/pose"
-TF_STATIC_TOPIC = "/tf_static"
-
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-POSE_MSG_TYPES = {"geometry_msgs/msg/PoseStamped": "PoseStamped",
-                  "nav_msgs/msg/Odometry": "Odometry",
-                  "geometry_msgs/msg/TransformStamped": "TransformStamped"}
 
 DEPTH_ENCODINGS = msg_decode.DEPTH_ENCODINGS
 COLOR_ENCODINGS = msg_decode.COLOR_ENCODINGS
@@ -84,40 +73,6 @@ LAYOUT_HELP = ("  rosbag2        a rosbag2 folder (metadata.yaml + .mcap or .db3
                ".db3 file:\n                 depth Image (16UC1/mono16 mm, 32FC1 m), CameraInfo, "
                "optional colour\n                 Image and PoseStamped/Odometry/TransformStamped "
                "pose topic (see `replay`)")
-
-
-def typestore():
-    """The rosbags type store used to read and write bags (ROS 2 Jazzy message definitions;
-    the sensor/geometry/nav/tf2 messages used here are the same from Humble to Kilted)."""
-    from rosbags.typesys import Stores, get_typestore
-    return get_typestore(Stores.ROS2_JAZZY)
-
-
-def is_rosbag(path) -> bool:
-    """A rosbag2 folder (``metadata.yaml``) or a ``.mcap`` / ``.db3`` file."""
-    p = Path(path)
-    if p.is_dir():
-        return (p / "metadata.yaml").is_file()
-    return p.is_file() and p.suffix.lower() in (".mcap", ".db3")
-
-
-stamp_ns = msg_decode.stamp_to_ns  # builtin_interfaces/Time (or a Header) -> integer ns
-
-
-def header_stamp_ns_from_cdr(raw) -> Optional[int]:
-    """Header stamp of a serialized message whose first field is ``std_msgs/Header``
-    (Image, CameraInfo, PoseStamped, ...), read from bytes 4..12 of the CDR (plain CDR,
-    either byte order); ``None`` for another encapsulation."""
-    b = bytes(raw[:12])
-    if len(b) < 12 or b[0] != 0:
-        return None
-    if b[1] == 1:
-        sec, nsec = struct.unpack_from("<iI", b, 4)
-    elif b[1] == 0:
-        sec, nsec = struct.unpack_from(">iI", b, 4)
-    else:
-        return None
-    return sec * 1_000_000_000 + nsec
 
 
 # ------------------------------------------------------------------------- decoding
@@ -284,7 +239,7 @@ class RosbagDataset(Dataset):
             if id(conn) in dset or id(conn) in cset:
                 st = header_stamp_ns_from_cdr(raw)
                 if st is None:
-                    st = stamp_ns(self._store.deserialize_cdr(raw, conn.msgtype).header)
+                    st = msg_decode.stamp_to_ns(self._store.deserialize_cdr(raw, conn.msgtype).header)
                 (depth if id(conn) in dset else color).append((st, conn, t_rec, ordinal))
             elif id(conn) in iset:
                 msg = self._store.deserialize_cdr(raw, conn.msgtype)
@@ -295,7 +250,7 @@ class RosbagDataset(Dataset):
                     log.warning("%s: camera_info dropped: %s", self.path, exc)
                     continue
                 distorted = msg_decode.has_distortion(msg)
-                infos.append((stamp_ns(msg.header), K, distorted))
+                infos.append((msg_decode.stamp_to_ns(msg.header), K, distorted))
             elif id(conn) in pset:
                 msg = self._store.deserialize_cdr(raw, conn.msgtype)
                 try:

@@ -50,8 +50,8 @@ from typing import Dict, Optional, Union
 import numpy as np
 
 from neural_mapping.datasets import Dataset, DatasetError, open_dataset
-from neural_mapping.datasets.rosbag import (COLOR_INFO_TOPIC, COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC,
-                              TF_STATIC_TOPIC, typestore)
+from neural_mapping.io.bag_format import (COLOR_INFO_TOPIC, COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC,
+                                          POSE_TOPIC, TF_STATIC_TOPIC, typestore)
 from neural_mapping.geometry import rot_to_quat
 from neural_mapping.types import CameraIntrinsics
 

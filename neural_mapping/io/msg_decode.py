@@ -34,7 +34,6 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from neural_mapping.geometry import pose_from_tq
 from neural_mapping.types import CameraIntrinsics
 
 # Stable reason keys (the node's drop counters).
@@ -260,6 +259,7 @@ class PoseSample:
     @property
     def T(self) -> np.ndarray:
         """The 4x4 pose (quaternion normalised to make a rotation)."""
+        from neural_mapping.geometry import pose_from_tq  # numpy; the module imports torch too
         return pose_from_tq(self.t, self.q)
 
     def __repr__(self) -> str:

@@ -3,7 +3,6 @@ ESDF slice, occupied voxels, and their services."""
 
 import random
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
+from _ros_harness import spin_until  # noqa: E402
 from neural_mapping.config import MappingConfig  # noqa: E402
 from neural_mapping.datasets import SyntheticRoom  # noqa: E402
 from neural_mapping.products import occupancy as occ  # noqa: E402
@@ -76,13 +76,6 @@ def setup(tmp_path):
     node.destroy_node()
     client.destroy_node()
     rclpy.try_shutdown(context=ctx)
-
-
-def spin_until(ex, cond, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not cond():
-        ex.spin_once(timeout_sec=0.05)
-    return cond()
 
 
 def test_map_outputs_over_dds(setup, tmp_path):

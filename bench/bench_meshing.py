@@ -85,12 +85,6 @@ def to_field(vbg, voxel: float, block: int, truncation_m: float) -> VoxelField:
     return VoxelField.of_grid(grid, truncation_m)
 
 
-def tsdf_field(vol) -> VoxelField:
-    """The VoxelField of a TSDFVolume (views of its pool; take it again after integrating)."""
-    g = vol.grid
-    return VoxelField(g, g.attrs["tsdf"], g.attrs["weight"], g.attrs.get("color"), vol.truncation_m)
-
-
 def timed(fn, repeat: int):
     out, times = None, []
     for _ in range(repeat):
@@ -177,7 +171,7 @@ def _tiled_field(field: VoxelField, tiles: int) -> VoxelField:
 def run_incremental(args) -> None:
     from neural_mapping.datasets import SevenScenes
     from neural_mapping.products.meshing import MeshCache, MeshUpdate, extract_block_meshes, unpack_block_keys
-    from neural_mapping.backends.tsdf.volume import TSDFVolume
+    from neural_mapping.backends.tsdf import TSDFVolume
 
     try:
         from neural_mapping.ros.mesh_publisher import MeshPublisherState
@@ -213,7 +207,7 @@ def run_incremental(args) -> None:
             cache.mark_dirty(vol.grid, st["slots"], i)
             if (i + 1) % args.update_every == 0 or i == n - 1:
                 sync()
-                upd = cache.update(tsdf_field(vol))
+                upd = cache.update(vol.field())
                 stream.append((1e3 * upd.seconds, upd.dirty_processed, upd.blocks_extracted,
                                len(upd.changed), upd.num_triangles))
                 if pstate is not None:  # incremental messages, no subscriber on this topic
@@ -227,7 +221,7 @@ def run_incremental(args) -> None:
                         ser_ms.append(1e3 * (t1 - t0))
             if (i + 1) not in checkpoints:
                 continue
-            field = tsdf_field(vol)
+            field = vol.field()
             # ---- fixed numbers of dirty blocks at this map size
             keys = list(cache.pieces())
             coords = unpack_block_keys(keys).numpy()
@@ -263,7 +257,7 @@ def run_incremental(args) -> None:
         # ---- the same dirty blocks in maps 1x / 4x / 16x as large (tiled copies of the map)
         tiled = []
         for tiles in (1, 4, 16):
-            big = _tiled_field(tsdf_field(vol), tiles)
+            big = _tiled_field(vol.field(), tiles)
             big_cache = MeshCache(weight_threshold=wt)
             big_cache.mark_all_dirty(big)
             big_cache.update(big)

@@ -42,18 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from neural_mapping.config import OccupancyConfig  # noqa: E402
-from neural_mapping.grid.field import VoxelField  # noqa: E402
 from neural_mapping.datasets import open_dataset  # noqa: E402
 from neural_mapping.products import occupancy as O  # noqa: E402
-from neural_mapping.backends.tsdf.volume import TSDFVolume  # noqa: E402
+from neural_mapping.backends.tsdf import TSDFVolume  # noqa: E402
 
 GRAVITY_7SCENES = np.array([-0.0089, 0.9044, 0.4265])
-
-
-def tsdf_field(vol) -> VoxelField:
-    """The VoxelField of a TSDFVolume (views of its pool; take it again after integrating)."""
-    g = vol.grid
-    return VoxelField(g, g.attrs["tsdf"], g.attrs["weight"], g.attrs.get("color"), vol.truncation_m)
 
 
 def timed(fn, repeats):
@@ -92,7 +85,7 @@ def main(argv=None) -> int:
         base = OccupancyConfig()
         for fr in frames:
             vol.integrate(fr)
-        field = tsdf_field(vol)
+        field = vol.field()
         # floor: low percentile of occupied voxel heights in the rotated frame
         xyz, _ = O.occupied_voxels(field, base, T_rot, with_color=False)
         floor = float(np.percentile(xyz[:, 2], 0.5))
@@ -105,7 +98,7 @@ def main(argv=None) -> int:
         for k, fr in enumerate(frames):
             vol_inc.integrate(fr)
             if (k + 1) % 10 == 0:
-                field_inc = tsdf_field(vol_inc)
+                field_inc = vol_inc.field()
                 t0 = time.perf_counter()
                 omap_inc.update(field_inc)
                 inc_ms.append((time.perf_counter() - t0) * 1e3)

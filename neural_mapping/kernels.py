@@ -72,9 +72,10 @@ def trilinear(pts: Tensor, index: Tensor, origin: List[int], shape: List[int], b
               long_index: bool, tsdf: Tensor, weight: Tensor, color: Optional[Tensor],
               corner_offs: Tensor, corner_lin: Tensor, inv_vs: float, with_grad: bool
               ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-    """Trilinear TSDF at world points ``pts`` ``[3, K]`` (see ``tsdf.trilinear``): returns
-    ``tsdf`` (renormalised over observed corners, 1 where none is), ``weight``, the gradient
-    ``[3, K]`` (per metre, ``with_grad``) and the color ``[K, 3]`` (if ``color`` is given).
+    """Trilinear signed distance (``tsdf``: a field's ``sdf`` pool) at world points ``pts``
+    ``[3, K]`` (see ``grid.sampling.trilinear``): returns the distance (renormalised over
+    observed corners, 1 where none is), ``weight``, the gradient ``[3, K]`` (per metre,
+    ``with_grad``) and the color ``[K, 3]`` (if ``color`` is given).
     ``corner_offs`` ``[3, 8, 1]`` int32 and ``corner_lin`` ``[8, 1]`` are the corner offsets
     as coordinates and as linear offsets inside a block."""
     K = pts.shape[1]
@@ -128,7 +129,7 @@ def march(index: Tensor, origin: List[int], shape: List[int], block: int, long_i
           act: Tensor, vs: float, block_m: float, truncation_m: float, step_obs: float,
           steps: int, max_steps: int, tail_rays: int, chunk: int, hit: Tensor, hit_a: Tensor,
           hit_b: Tensor, hit_ta: Tensor, hit_tb: Tensor) -> int:
-    """The fine march of ``raycast.raycast`` (see its docstring for the rules): state ``S``
+    """The fine march of ``grid.raycast.raycast`` (see its docstring for the rules): state ``S``
     rows ``s, prev_t, prev_s, last_step, s_end, unknown_step, dir/vs (3)`` for the rays
     ``act``; hits are written into ``hit*`` (bracket along the ray and its two samples).
     When at most ``tail_rays`` rays are left, their remaining range is sampled densely.

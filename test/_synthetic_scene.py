@@ -52,12 +52,3 @@ def render_depth(T_world_cam, K=K_VGA, boxes=BOXES, room=ROOM, walls_only=None):
     # t is along d, whose camera z component is 1: depth == t
     depth = np.where(np.isfinite(t), t, 0.0).astype(np.float32)
     return depth
-
-
-def tsdf_field(vol):
-    """The VoxelField of a TSDFVolume (views of its pool: take it again after each integration,
-    the pool may have grown)."""
-    from neural_mapping.grid.field import VoxelField
-
-    g = vol.grid
-    return VoxelField(g, g.attrs["tsdf"], g.attrs["weight"], g.attrs.get("color"), vol.truncation_m)

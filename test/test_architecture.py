@@ -76,7 +76,8 @@ def test_no_private_names_across_modules():
         if rel.parts[0] == "grid":
             continue
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_index"):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_index") and not (
+                    isinstance(node.value, ast.Name) and node.value.id == "self"):
                 bad.append(f"{rel}:{node.lineno} touches a grid's private .{node.attr}")
     assert not bad, bad
 

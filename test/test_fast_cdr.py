@@ -19,6 +19,7 @@ from nav_msgs.msg import Path  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from neural_mapping.ros import conversions as cv  # noqa: E402
+from neural_mapping.ros import cdr_markers  # noqa: E402
 from neural_mapping.ros import fast_cdr as fc  # noqa: E402
 from neural_mapping.types import CameraIntrinsics  # noqa: E402
 
@@ -151,10 +152,10 @@ def test_templated_markers_equal_generic_writer(seed):
               ns="n" * int(rng.integers(0, 9)), delete_all=bool(rng.integers(0, 2)),
               color=(0.1, 0.2, 0.3, 1.0))
     deletes = [int(x) for x in rng.integers(0, 100, int(rng.integers(0, 4)))]
-    generic = fc._marker_array_generic(chunks, deletes, **kw)
+    generic = cdr_markers.marker_array_generic(chunks, deletes, **kw)
     assert fc.marker_array_bytes(chunks, deletes, **kw) == generic
     w = fc.CdrWriter()
-    fc._marker_array_generic(chunks, deletes, writer=w, **kw)
+    cdr_markers.marker_array_generic(chunks, deletes, writer=w, **kw)
     assert fc.compare_with_rclpy(generic, fc.marker_array_msg(chunks, deletes, **kw), w.padding) == ""
 
 

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from _synthetic_scene import tsdf_field
 from neural_mapping.config import MappingConfig
 from neural_mapping.grid.field import FIELD_ATTRIBUTES, VoxelField
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid
 from neural_mapping.products.meshing import (
     MeshCache, extract_block_meshes, extract_mesh, pack_block_keys, unpack_block_keys)
 from neural_mapping.system.mapping_system import MappingSystem
-from neural_mapping.backends.tsdf.volume import TSDFVolume
+from neural_mapping.backends.tsdf import TSDFVolume
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -118,7 +117,7 @@ def test_incremental_equals_full_on_synthetic_room(device):
     changed_total = 0
     for k, fr in enumerate(frames):
         stats = vol.integrate(fr)
-        field = tsdf_field(vol)
+        field = vol.field()
         assert stats["slots"].numel() == stats["blocks_touched"] > 0
         cache.mark_dirty(field, stats["slots"], version=k)
         upd = cache.update(field)
@@ -153,10 +152,10 @@ def test_incremental_equals_full_on_real_frames(redkitchen):
         stats = vol.integrate(ds[k])
         cache.mark_dirty(vol.grid, stats["slots"], version=k)  # a grid is enough to mark blocks
         if k % 2:  # every second frame: dirty blocks of two frames merge
-            cache.update(tsdf_field(vol))
-    cache.update(tsdf_field(vol))
+            cache.update(vol.field())
+    cache.update(vol.field())
     assert cache.num_triangles > 10_000
-    assert_cache_equals_full(cache, tsdf_field(vol), weight_threshold=2.0)
+    assert_cache_equals_full(cache, vol.field(), weight_threshold=2.0)
 
 
 # ------------------------------------------------------------------ analytic edits

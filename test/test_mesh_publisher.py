@@ -17,38 +17,42 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
+from neural_mapping.grid.field import FIELD_ATTRIBUTES, VoxelField  # noqa: E402
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid  # noqa: E402
-from neural_mapping.products.mesh_cache import MeshCache, MeshUpdate  # noqa: E402
+from neural_mapping.products.meshing import MeshCache, MeshUpdate  # noqa: E402
 from neural_mapping.ros import fast_cdr as fc  # noqa: E402
 from neural_mapping.ros.mesh_publisher import MeshPublisherState  # noqa: E402
 from neural_mapping.grid.voxel_grid import voxel_offsets  # noqa: E402
 
 
 # ------------------------------------------------------------------ scene
-def make_grid(vs=0.05, B=4, half=0.8):
-    grid = VoxelBlockGrid(vs, B, device="cpu", initial_capacity=64)
+TRUNC_M = 0.15
+
+
+def make_field(vs=0.05, B=4, half=0.8) -> VoxelField:
+    grid = VoxelBlockGrid(vs, B, attributes=FIELD_ATTRIBUTES, device="cpu", initial_capacity=64)
     n = int(np.ceil(half / (vs * B)))
     r = np.arange(-n, n)
     coords = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
     grid.allocate(torch.as_tensor(coords, dtype=torch.int32))
-    return grid
+    return VoxelField.of_grid(grid, TRUNC_M)
 
 
-def write_sphere(grid, centre, radius, trunc=0.15):
-    B, vs = grid.block_size, grid.voxel_size_m
-    vox = grid.active_coords().to(torch.int64)[:, None, :] * B + voxel_offsets(B, "cpu")[None]
+def write_sphere(field, centre, radius):
+    B, vs = field.block_size, field.voxel_size_m
+    vox = field.grid.active_coords().to(torch.int64)[:, None, :] * B + voxel_offsets(B, "cpu")[None]
     p = (vox.to(torch.float32) + 0.5) * vs
     d = (p - torch.tensor(centre, dtype=torch.float32)).norm(dim=-1) - radius
-    n = grid.num_blocks
-    grid.attrs["tsdf"][:n] = (d / trunc).clamp(-1, 1).reshape(n, B, B, B)
-    grid.attrs["weight"][:n] = 1.0
-    grid.attrs["color"][:n] = ((p * 131.0) % 255.0).reshape(n, B, B, B, 3)
+    n = field.num_blocks
+    field.sdf[:n] = (d / field.truncation_m).clamp(-1, 1).reshape(n, B, B, B)
+    field.weight[:n] = 1.0
+    field.color[:n] = ((p * 131.0) % 255.0).reshape(n, B, B, B, 3)
 
 
-def remesh(cache, grid, centre, radius):
-    write_sphere(grid, centre, radius)
-    cache.mark_all_dirty(grid)
-    return cache.update(grid)
+def remesh(cache, field, centre, radius):
+    write_sphere(field, centre, radius)
+    cache.mark_all_dirty(field)
+    return cache.update(field)
 
 
 class Subscriber:
@@ -94,9 +98,9 @@ def assert_subscriber_matches(sub: Subscriber, state: MeshPublisherState, cache:
 
 # ------------------------------------------------------------------ tests
 def test_update_to_markers_fields_and_slow_path_equality():
-    grid = make_grid()
+    field = make_field()
     cache = MeshCache()
-    upd = remesh(cache, grid, (0.0, 0.05, 0.0), 0.45)
+    upd = remesh(cache, field, (0.0, 0.05, 0.0), 0.45)
     state = MeshPublisherState(frame_id="odom_map", ns="mesh", max_bytes_per_update=None)
     state.apply(upd)
     assert state.pending_blocks == len(upd.changed) == len(cache) > 20
@@ -123,7 +127,7 @@ def test_update_to_markers_fields_and_slow_path_equality():
 
 
 def test_deletes_budget_oldest_first_and_replay_equals_the_cache():
-    grid = make_grid()
+    field = make_field()
     cache = MeshCache()
     state = MeshPublisherState(max_bytes_per_update=40_000)
     sub = Subscriber()
@@ -133,7 +137,7 @@ def test_deletes_budget_oldest_first_and_replay_equals_the_cache():
     first_seen = {}
     saw_delete = False
     for step, c in enumerate(centres):
-        upd = remesh(cache, grid, c, 0.35 if step != 2 else 0.25)
+        upd = remesh(cache, field, c, 0.35 if step != 2 else 0.25)
         state.apply(upd)
         for k in upd.changed:
             first_seen.setdefault(k, step)
@@ -158,16 +162,16 @@ def test_deletes_budget_oldest_first_and_replay_equals_the_cache():
 
 
 def test_budget_keeps_the_rest_pending_in_age_order():
-    grid = make_grid()
+    field = make_field()
     cache = MeshCache()
     state = MeshPublisherState(max_bytes_per_update=30_000)
-    upd1 = remesh(cache, grid, (-0.2, 0.0, 0.0), 0.3)
+    upd1 = remesh(cache, field, (-0.2, 0.0, 0.0), 0.3)
     state.apply(upd1)
     first = deserialize_message(state.next_message(), MarkerArray)
     n1 = len(first.markers)
     assert 0 < n1 < len(upd1.changed) and state.pending_blocks == len(upd1.changed) - n1
     # a second update: blocks still pending keep their place (and take the newest triangles)
-    upd2 = remesh(cache, grid, (-0.2, 0.0, 0.05), 0.3)
+    upd2 = remesh(cache, field, (-0.2, 0.0, 0.05), 0.3)
     state.apply(upd2)
     order_expected = [state.marker_id(k) for k in list(upd1.changed)[n1:]]
     order_expected = [i for i in order_expected if i in {state.marker_id(k) for k in cache.pieces()}]
@@ -195,12 +199,12 @@ def test_budget_keeps_the_rest_pending_in_age_order():
 
 
 def test_full_for_a_new_subscriber_and_republish():
-    grid = make_grid()
+    field = make_field()
     cache = MeshCache()
     state = MeshPublisherState(max_bytes_per_update=50_000)
     old_sub = Subscriber()
     for c in [(0.0, 0.0, 0.0), (0.2, 0.0, 0.0)]:
-        state.apply(remesh(cache, grid, c, 0.4))
+        state.apply(remesh(cache, field, c, 0.4))
         old_sub.receive(state.next_message())  # only part of it, the rest pending
     assert state.has_pending()
     # a new subscriber gets everything in messages of at most 60 kB, DELETEALL first
@@ -218,9 +222,10 @@ def test_full_for_a_new_subscriber_and_republish():
     assert_subscriber_matches(old_sub, state, cache)
     assert not state.has_pending()
     # reset: every published block deleted, and the empty map's full() is a lone DELETEALL
-    grid.reset()
-    cache.invalidate(grid)
-    upd = cache.update(grid)
+    field.grid.reset()  # new (empty) storage: a new field on it
+    field = VoxelField.of_grid(field.grid, TRUNC_M)
+    cache.invalidate(field)
+    upd = cache.update(field)
     state.apply(upd)
     data = state.next_message()
     msg = new_sub.receive(data)
@@ -232,9 +237,9 @@ def test_full_for_a_new_subscriber_and_republish():
 
 def test_emptied_before_published_sends_no_delete():
     state = MeshPublisherState(max_bytes_per_update=None)
-    grid = make_grid()
+    field = make_field()
     cache = MeshCache()
-    upd = remesh(cache, grid, (0.0, 0.0, 0.0), 0.3)
+    upd = remesh(cache, field, (0.0, 0.0, 0.0), 0.3)
     state.apply(upd)
     keys = list(upd.changed)
     state.apply(MeshUpdate(emptied=keys[:3]))
@@ -247,10 +252,10 @@ def test_emptied_before_published_sends_no_delete():
 
 
 def test_mesh_bytes_over_dds():
-    grid = make_grid()
+    field = make_field()
     cache = MeshCache()
     state = MeshPublisherState(max_bytes_per_update=None)
-    state.apply(remesh(cache, grid, (0.0, 0.0, 0.0), 0.4))
+    state.apply(remesh(cache, field, (0.0, 0.0, 0.0), 0.4))
     data = state.next_message(stamp=1.0)
     ctx = Context()
     rclpy.init(args=[], context=ctx, domain_id=random.randint(100, 200))

@@ -15,11 +15,10 @@ import pytest
 import yaml
 
 from _occupancy_gt import brute_distance, cells_vs_polygon, gt_cells, slab_footprint
-from _synthetic_scene import tsdf_field
 from neural_mapping.products import occupancy as O
 from neural_mapping.config import MappingConfig, OccupancyConfig
 from neural_mapping.datasets.synthetic import SyntheticRoom
-from neural_mapping.backends.tsdf.volume import TSDFVolume
+from neural_mapping.backends.tsdf import TSDFVolume
 
 VOXEL = 0.02
 
@@ -33,7 +32,7 @@ def room():
     vol = TSDFVolume(VOXEL, truncation_m=3 * VOXEL, depth_max_m=6.0, device="cpu")
     for fr in ds:
         vol.integrate(fr)
-    return ds, tsdf_field(vol)
+    return ds, vol.field()
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +100,7 @@ def test_unknown_where_never_observed():
         vol.integrate(fr)
     cfg = OccupancyConfig(occupancy_resolution_m=0.0, occupancy_grid_growth_m=1.0)
     omap = O.OccupancyMap2D(cfg)
-    g = omap.update(tsdf_field(vol))
+    g = omap.update(vol.field())
     x, y = g.cell_centers()
     X, Y = np.meshgrid(x, y)
     zs = (np.floor(cfg.occupancy_min_z_m / VOXEL) + 1 + np.arange(
@@ -131,12 +130,12 @@ def test_map2d_bounds_grow_in_chunks_and_match_one_shot():
     vol = TSDFVolume(VOXEL, depth_max_m=6.0, device="cpu")
     cfg = OccupancyConfig(occupancy_resolution_m=0.04, occupancy_grid_growth_m=2.0)
     omap = O.OccupancyMap2D(cfg)
-    assert omap.update(tsdf_field(vol)) is None  # empty map: no grid yet
+    assert omap.update(vol.field()) is None  # empty map: no grid yet
     changes, bounds = 0, []
     for k, fr in enumerate(ds):
         vol.integrate(fr)
         if k % 4 == 3:
-            field = tsdf_field(vol)
+            field = vol.field()
             g = omap.update(field)
             changes += omap.bounds_changed
             bounds.append(omap.bounds_cells)
@@ -314,7 +313,7 @@ def test_tilted_world_made_gravity_aligned():
     band_shift = M[2, 3]  # room z -> map z
     cfg = dataclasses.replace(cfg, occupancy_min_z_m=0.1 + band_shift,
                               occupancy_max_z_m=1.2 + band_shift)
-    g = O.occupancy_grid_2d(tsdf_field(vol), cfg, T_world_map)
+    g = O.occupancy_grid_2d(vol.field(), cfg, T_world_map)
     inter, inside = gt_cells(ds, g, cfg.occupancy_min_z_m, cfg.occupancy_max_z_m, M)
     obs = g.data != O.UNKNOWN
     occ = g.data == O.OCCUPIED

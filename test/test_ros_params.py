@@ -62,8 +62,11 @@ def test_names_disjoint_documented_and_tunables_known():
 
 def test_declare_read_back_defaults_and_descriptors(make_node):
     node = make_node()
-    P.declare_config_parameters(node, MappingConfig())
-    assert P.config_from_node(node) == MappingConfig()
+    P.declare_config_parameters(node)
+    # the node's core defaults: the core's own, but realtime sync (a live stream)
+    assert P.config_from_node(node) == P.node_core_defaults()
+    assert P.node_core_defaults().system.sync_mode == "realtime"
+    assert MappingConfig().system.sync_mode == "strict"
     assert P.node_config_from_node(node) == P.NodeConfig()
     declared = set(node.get_parameters_by_prefix("")) - P.RESERVED
     assert declared == {f.name for _, f in P.parameter_fields()}
@@ -111,7 +114,8 @@ def test_overrides_produce_the_config(make_node):
     cfg = P.config_from_node(node)
     assert cfg == MappingConfig.from_flat({"voxel_size_m": 0.05, "pose_source": "track",
                                            "max_frames": 10, "integrate_color": False,
-                                           "depth_max_m": 5.0, "output_dir": "/tmp/x"})
+                                           "depth_max_m": 5.0, "output_dir": "/tmp/x"},
+                                          P.node_core_defaults())
     assert isinstance(cfg.integration.depth_max_m, float)
     ncfg = P.node_config_from_node(node)
     assert (ncfg.pose_topic_type, ncfg.map_frame, ncfg.input_qos) == ("Odometry", "world",
@@ -144,7 +148,7 @@ def test_unknown_overrides_reported(make_node):
                       Parameter("qos_overrides./x.publisher.depth", value=3)])
     P.declare_config_parameters(node)
     assert P.unknown_overrides(node) == ["voxel_size"]
-    assert P.config_from_node(node) == MappingConfig()
+    assert P.config_from_node(node) == P.node_core_defaults()
 
 
 def test_cross_field_rules_checked_when_reading_back(make_node):
@@ -162,40 +166,53 @@ def test_invalid_default_caught_by_config_from_node(make_node):
         P.config_from_node(node)
 
 
-def test_runtime_changes_validated(make_node):
+def test_the_node_installs_runtime_validation(ctx, tmp_path):
+    """The production node (not a bare node) validates runtime changes as a whole and applies
+    node settings; the DDS round trip and the map side are in test_ros_runtime_params.py."""
+    from neural_mapping.ros.node import MappingNode
+    node = MappingNode(context=ctx, start_parameter_services=False, enable_rosout=False,
+                       parameter_overrides=[Parameter("device", value="cpu"),
+                                            Parameter("output_dir", value=str(tmp_path)),
+                                            Parameter("publish_tf", value=False)])
+    try:
+        # read-only (structural) parameter
+        (r,) = node.set_parameters([Parameter("voxel_size_m", value=0.05)])
+        assert not r.successful and "read-only" in r.reason
+        # out of the descriptor's range: rclpy itself refuses
+        (r,) = node.set_parameters([Parameter("depth_max_m", value=500.0)])
+        assert not r.successful
+        # cross-field rule: depth_min_m < depth_max_m, with the reason, the value kept
+        (r,) = node.set_parameters([Parameter("depth_min_m", value=3.5)])
+        assert not r.successful and "depth_min_m" in r.reason, r.reason
+        assert node.get_parameter("depth_min_m").value == 0.1
+        # a node setting is applied
+        (r,) = node.set_parameters([Parameter("path_max_poses", value=5)])
+        assert r.successful, r.reason
+        assert node.ncfg.path_max_poses == 5
+    finally:
+        node.shutdown()
+        node.destroy_node()
+
+
+def test_on_change_sees_the_whole_config_and_can_veto(make_node):
     node = make_node([Parameter("mesh_rate_hz", value=3.0)])
-    seen = []
-    # installed before declaring: declarations pass through it untouched
-    P.install_parameter_validation(node, lambda cfg, ncfg, names: seen.append((cfg, ncfg, names)))
     P.declare_config_parameters(node)
-    assert not seen and P.node_config_from_node(node).mesh_rate_hz == 3.0
-    ok = lambda res: [r.successful for r in res]  # noqa: E731
-    # read-only (structural) parameter
-    (r,) = node.set_parameters([Parameter("voxel_size_m", value=0.05)])
-    assert not r.successful and "read-only" in r.reason
-    # out of the descriptor's range: rclpy itself refuses
-    (r,) = node.set_parameters([Parameter("depth_max_m", value=500.0)])
-    assert not r.successful
-    # cross-field rule: depth_min_m < depth_max_m
-    (r,) = node.set_parameters([Parameter("depth_min_m", value=3.5)])
-    assert not r.successful and "depth_min_m" in r.reason
-    assert node.get_parameter("depth_min_m").value == 0.1
-    assert ok(node.set_parameters([Parameter("depth_max_m", value=6.0)])) == [True]
-    assert ok(node.set_parameters([Parameter("depth_min_m", value=3.5)])) == [True]
-    assert ok(node.set_parameters([Parameter("mesh_rate_hz", value=2.0)])) == [True]
+    seen = []
+    P.install_parameter_validation(node, lambda cfg, ncfg, names: seen.append((cfg, ncfg, names)))
+    assert [r.successful for r in node.set_parameters([Parameter("depth_max_m", value=6.0)])] == [True]
+    assert [r.successful for r in node.set_parameters([Parameter("depth_min_m", value=3.5)])] == [True]
+    cfg, ncfg, names = seen[-1]
+    assert (cfg.integration.depth_min_m, cfg.integration.depth_max_m) == (3.5, 6.0)
+    assert ncfg.mesh_rate_hz == 3.0 and names == ["depth_min_m"]
     from rclpy.exceptions import ParameterNotDeclaredException
     with pytest.raises(ParameterNotDeclaredException):
         node.set_parameters([Parameter("not_ours", value=1)])
-    cfg, ncfg, names = seen[-1]
-    assert (cfg.integration.depth_min_m, cfg.integration.depth_max_m) == (3.5, 6.0)
-    assert ncfg.mesh_rate_hz == 2.0 and names == ["mesh_rate_hz"]
-    assert P.config_from_node(node).integration.depth_min_m == 3.5
-    # on_change can veto
+    # a raise in on_change rejects the change with its message (the node's system.reconfigure)
     node2 = make_node()
     P.declare_config_parameters(node2)
 
     def veto(cfg, ncfg, names):
-        raise RuntimeError("cannot apply now")
+        raise ValueError("cannot apply now")
     P.install_parameter_validation(node2, veto)
     (r,) = node2.set_parameters([Parameter("max_weight", value=10.0)])
     assert not r.successful and "cannot apply now" in r.reason
@@ -212,10 +229,10 @@ def test_default_yaml_is_the_generated_one():
     values = data["neural_mapping"]["ros__parameters"]
     assert list(values) == [f.name for _, f in P.parameter_fields()]
     cfg, ncfg = P.load_yaml(path)
-    assert cfg == MappingConfig() and ncfg == P.NodeConfig()
+    assert cfg == P.node_core_defaults() and ncfg == P.NodeConfig()
     # the core part is what MappingConfig itself writes
     core, node_part, unknown = P.split_flat(values)
-    assert core == MappingConfig().to_flat() and node_part == P.NodeConfig().to_flat()
+    assert core == P.node_core_defaults().to_flat() and node_part == P.NodeConfig().to_flat()
     assert not unknown
 
 
@@ -238,7 +255,7 @@ def test_params_files_through_rcl(make_node, tmp_path):
     P.declare_config_parameters(node)
     cfg, ncfg = P.config_from_node(node), P.node_config_from_node(node)
     assert cfg == MappingConfig.from_flat({"voxel_size_m": 0.03, "depth_max_m": 4.0,
-                                           "integrate_color": False})
+                                           "integrate_color": False}, P.node_core_defaults())
     assert ncfg == P.NodeConfig(pose_topic_type="TransformStamped", camera_frame="cam_optical")
 
 
@@ -252,7 +269,9 @@ def test_cli_flags_cover_the_core_parameters(make_node):
     ros_core = set(node.get_parameters_by_prefix("")) - P.RESERVED - node_names
     assert dests == ros_core
     # and a value given both ways gives the same config
-    args = parser.parse_args(["--voxel-size-m", "0.04", "--pose-source", "track"])
+    # (the node's realtime default is a CLI flag offline)
+    args = parser.parse_args(["--voxel-size-m", "0.04", "--pose-source", "track",
+                              "--sync-mode", "realtime"])
     from neural_mapping.config import config_from_args
     node2 = make_node([Parameter("voxel_size_m", value=0.04), Parameter("pose_source", value="track")])
     P.declare_config_parameters(node2)

@@ -7,12 +7,11 @@ voxels), 99.99 % of the visible GT surface (back-projected depth pixels) within 
 
 import numpy as np
 
-from _synthetic_scene import tsdf_field
 from neural_mapping.config import MappingConfig
 from neural_mapping.datasets import SyntheticRoom
 from neural_mapping.io.evaluation import mesh_to_mesh_distances
 from neural_mapping.products.meshing import extract_mesh
-from neural_mapping.backends.tsdf.volume import TSDFVolume
+from neural_mapping.backends.tsdf import TSDFVolume
 
 VOX = 0.02
 
@@ -30,7 +29,7 @@ def test_synthetic_room_mesh_against_ground_truth():
         z = f.depth[v, u]
         P = np.stack([(u - K.cx) / K.fx * z, (v - K.cy) / K.fy * z, z, np.ones_like(z)], 1)
         visible.append((P @ f.pose.T)[::7, :3])
-    mesh = extract_mesh(tsdf_field(vol))
+    mesh = extract_mesh(vol.field())
     err = mesh_to_mesh_distances(mesh.vertices, ds.gt_mesh())
     assert (err < VOX).mean() >= 0.975, (err < VOX).mean()
     assert err.max() < 5 * VOX, err.max() / VOX

@@ -4,12 +4,11 @@ the two meshes agree within half a voxel (symmetric mean distance)."""
 
 import numpy as np
 
-from _synthetic_scene import tsdf_field
 from neural_mapping.config import MappingConfig
 from neural_mapping.datasets import SevenScenes
 from neural_mapping.io.evaluation import mesh_to_mesh_distances
 from neural_mapping.products.meshing import extract_mesh
-from neural_mapping.backends.tsdf.volume import TSDFVolume
+from neural_mapping.backends.tsdf import TSDFVolume
 
 VOXEL = 0.02
 TRUNC_VOX = 4.0
@@ -39,7 +38,7 @@ def test_mesh_agrees_with_open3d_voxel_block_grid(redkitchen):
         coords = vbg.compute_unique_block_coordinates(d, K, E, 1000.0, DEPTH_MAX, TRUNC_VOX)
         vbg.integrate(coords, d, c, K, K, E, 1000.0, DEPTH_MAX, TRUNC_VOX)
 
-    mesh = extract_mesh(tsdf_field(ours), weight_threshold=3.0)
+    mesh = extract_mesh(ours.field(), weight_threshold=3.0)
     ref = vbg.extract_triangle_mesh(weight_threshold=3.0).to_legacy()
     assert len(mesh.triangles) > 50_000 and len(ref.triangles) > 50_000
     d_ours_to_ref = mesh_to_mesh_distances(mesh.vertices, ref)

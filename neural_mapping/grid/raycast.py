@@ -42,7 +42,8 @@ import torch
 
 from neural_mapping import kernels
 from neural_mapping.grid.field import VoxelField
-from neural_mapping.grid.sampling import cached, index_args, trilinear
+from neural_mapping.grid.sampling import index_args, trilinear
+from neural_mapping.grid.workspace import workspace
 from neural_mapping.types import CameraIntrinsics, check_pose
 
 _BIG = 1.0e6
@@ -122,7 +123,7 @@ def _camera_rays(intr: CameraIntrinsics, device: torch.device):
         norm = rays.norm(dim=0)
         return rays / norm, norm
 
-    return cached(("cam_rays", intr, device), make)
+    return workspace().cached(("cam_rays", intr, device), make)
 
 
 def _resolve(field: VoxelField, intrinsics, T_world_cam, depth_min_m, depth_max_m, depth_range,

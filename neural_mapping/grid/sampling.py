@@ -9,29 +9,14 @@ take (the only place outside ``voxel_grid.py`` that reads the index's private fi
 
 from __future__ import annotations
 
-import threading
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
 from neural_mapping import kernels
 from neural_mapping.grid.field import VoxelField
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid
-
-_local = threading.local()
-
-
-def cached(key, make: Callable[[], object]):
-    """A per-thread cache of small constant tensors (camera rays, corner offsets), built by
-    ``make()`` on first use of ``key`` (keys name their device)."""
-    cache: Dict = getattr(_local, "cache", None)
-    if cache is None:
-        cache = _local.cache = {}
-    value = cache.get(key)
-    if value is None:
-        value = cache[key] = make()
-    return value
-
+from neural_mapping.grid.workspace import workspace
 
 def index_args(grid: VoxelBlockGrid) -> Tuple[torch.Tensor, List[int], List[int], int, bool]:
     """``(index, origin, shape, block_size, long_index)``: the grid's dense block index
@@ -46,7 +31,7 @@ _CORNERS = ((0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1
 
 def _corner_offsets(grid: VoxelBlockGrid):
     B, dt, device = grid.block_size, grid.voxel_index_dtype, grid.device
-    return cached(("corner_offs", B, dt, device), lambda: (
+    return workspace().cached(("corner_offs", B, dt, device), lambda: (
         torch.tensor(_CORNERS, dtype=torch.int32, device=device).T.reshape(3, 8, 1),
         torch.tensor([(x * B + y) * B + z for x, y, z in _CORNERS], device=device, dtype=dt)[:, None]))
 

@@ -69,7 +69,7 @@ def sec_to_stamp(t: float):
     return Time(sec=int(sec), nanosec=nsec)
 
 
-def _header(frame_id: str, stamp):
+def header_msg(frame_id: str, stamp):
     from std_msgs.msg import Header
     return Header(stamp=sec_to_stamp(stamp), frame_id=str(frame_id))
 
@@ -137,7 +137,7 @@ def _fill_pose(pose, T) -> None:
 def pose_stamped_msg(T, stamp, frame_id: str):
     from geometry_msgs.msg import PoseStamped
     msg = PoseStamped()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     _fill_pose(msg.pose, T)
     return msg
 
@@ -148,7 +148,7 @@ def odometry_msg(T, stamp, frame_id: str, child_frame_id: str, *,
     frame.  Covariances are left zero (unknown)."""
     from nav_msgs.msg import Odometry
     msg = Odometry()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     msg.child_frame_id = str(child_frame_id)
     _fill_pose(msg.pose.pose, T)
     if linear is not None:
@@ -163,7 +163,7 @@ def odometry_msg(T, stamp, frame_id: str, child_frame_id: str, *,
 def transform_stamped_msg(T, stamp, frame_id: str, child_frame_id: str):
     from geometry_msgs.msg import TransformStamped
     msg = TransformStamped()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     msg.child_frame_id = str(child_frame_id)
     T = np.asarray(T, dtype=np.float64)
     tr, rot = msg.transform.translation, msg.transform.rotation
@@ -199,7 +199,7 @@ def occupancy_grid_msg(grid, resolution: float, origin_xy: Sequence[float], fram
     if not (resolution > 0 and math.isfinite(resolution)):
         raise ValueError(f"resolution must be > 0, got {resolution}")
     msg = OccupancyGrid()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     info = msg.info
     info.map_load_time = msg.header.stamp
     info.resolution = float(resolution)
@@ -269,7 +269,7 @@ def image_msg(img, encoding: str, *, stamp=0.0, frame_id: str = "", row_padding:
         padded[:, :row.shape[1]] = row
         row = padded
     msg = Image()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     msg.height, msg.width = int(h), int(w)
     msg.encoding = encoding
     msg.is_bigendian = 1 if (big_endian and px.dtype.itemsize > 1) else 0
@@ -287,7 +287,7 @@ def camera_info_msg(intrinsics: CameraIntrinsics, frame_id: str = "", stamp=0.0,
     from sensor_msgs.msg import CameraInfo
     i = intrinsics
     msg = CameraInfo()
-    msg.header = _header(frame_id, stamp)
+    msg.header = header_msg(frame_id, stamp)
     msg.width, msg.height = i.width, i.height
     msg.distortion_model = distortion_model
     d = array.array("d")

@@ -1,4 +1,4 @@
-"""``~/mesh`` publishing state: :class:`~neural_mapping.products.mesh_cache.MeshUpdate` -> serialized
+"""``~/mesh`` publishing state: :class:`~neural_mapping.products.meshing.cache.MeshUpdate` -> serialized
 ``visualization_msgs/MarkerArray`` bytes (no rclpy node needed; ``publisher.publish(bytes)``).
 
 * One TRIANGLE_LIST marker per block with triangles, ``ns`` fixed (default ``"mesh"``) and a
@@ -27,13 +27,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from neural_mapping.products.mesh_cache import BlockMesh, MeshUpdate
+from neural_mapping.products.meshing import BlockMesh, MeshUpdate
 from neural_mapping.ros import fast_cdr
 
-__all__ = ["MeshPublisherState", "BYTES_PER_VERTEX"]
+__all__ = ["MeshPublisherState", "BYTES_PER_VERTEX", "mbytes_budget"]
 
 BYTES_PER_VERTEX = 24 + 16  # geometry_msgs/Point (3 x float64) + std_msgs/ColorRGBA (4 x float32)
 _SLACK = 8                  # alignment padding a marker may need depending on where it starts
+
+
+def mbytes_budget(mesh_max_mbytes_per_update: float) -> Optional[int]:
+    """Bytes of the ``mesh_max_mbytes_per_update`` parameter (MB = 1e6 bytes; <= 0: None, no budget)."""
+    mb = float(mesh_max_mbytes_per_update)
+    return int(mb * 1e6) if mb > 0 else None
 
 
 class MeshPublisherState:
@@ -57,8 +63,7 @@ class MeshPublisherState:
     def from_mbytes(cls, frame_id: str = "map", ns: str = "mesh",
                     mesh_max_mbytes_per_update: float = 8.0) -> "MeshPublisherState":
         """With the node parameter's unit (MB = 1e6 bytes; <= 0: no budget)."""
-        mb = float(mesh_max_mbytes_per_update)
-        return cls(frame_id, ns, int(mb * 1e6) if mb > 0 else None)
+        return cls(frame_id, ns, mbytes_budget(mesh_max_mbytes_per_update))
 
     # ------------------------------------------------------------------ state
     def marker_id(self, key: int) -> int:
@@ -90,10 +95,6 @@ class MeshPublisherState:
     def pending_blocks(self) -> int:
         return len(self._pending)
 
-    @property
-    def pending_deletes(self) -> int:
-        return len(self._deletes)
-
     def has_pending(self) -> bool:
         return bool(self._pending or self._deletes)
 
@@ -101,13 +102,6 @@ class MeshPublisherState:
     def num_blocks(self) -> int:
         """Blocks with triangles known to this state."""
         return len(self._current)
-
-    def requeue_all(self) -> None:
-        """Send every current block again through the budgeted path (oldest pending first,
-        then the others)."""
-        for k in self._current:
-            if k not in self._pending:
-                self._pending[k] = None
 
     # ------------------------------------------------------------------ sizes
     def _marker_sizes(self) -> Tuple[int, int, int]:

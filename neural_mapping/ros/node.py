@@ -4,7 +4,7 @@ Thin by design: callbacks decode and enqueue (``system.submit``); the tracking
 and mapping threads do the work; publishers run on timers at their own rate
 and only while someone is subscribed.
 
-Inputs (relative, remappable): ``depth/image``, ``depth/camera_info``,
+Inputs (relative, remappable; :mod:`.inputs`): ``depth/image``, ``depth/camera_info``,
 ``color/image`` (optional), ``pose`` (type from ``pose_topic_type``; unused when
 ``pose_source`` is ``track``).  Outputs (private): ``~/pose``, ``~/odometry``,
 ``~/path``, ``/diagnostics``; the map outputs of :mod:`.outputs` (``~/mesh``,
@@ -24,6 +24,12 @@ clock (includes transport and decoding; meaningful when the stamps come from the
 clock, e.g. a live camera, or a bag with ``use_sim_time``).
 Each drop reason is logged once (warning); the counts are in the diagnostics.
 
+Runtime parameters (``ros2 param set``; the writable ones are ``params.RUNTIME_TUNABLE``):
+a change is validated with the whole config (ranges, choices, ``depth_min_m < depth_max_m``)
+and rejected with the reason if invalid; accepted core values go to
+``system.reconfigure`` (applied by the mapping thread before the next integration), node
+values to the timers, the mesh byte budget and TF.
+
 Shutdown (SIGINT / ExternalShutdownException): intake stops, the tracking and mapping
 threads are joined (with a timeout), optional save, then "stopped: threads joined" is
 logged and the process exits 0 (1 if a thread did not stop or a worker failed).
@@ -32,12 +38,11 @@ logged and the process exits 0 (1 if a thread did not stop or a worker failed).
 from __future__ import annotations
 
 import collections
-import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Deque, Dict, Optional, Tuple
+from typing import Deque, Dict
 
 import numpy as np
 
@@ -46,35 +51,17 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path as PathMsg
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
-from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
 from neural_mapping.system.mapping_system import MappingSystem, PoseResult
-from neural_mapping.types import CameraIntrinsics, RGBDFrame
 from neural_mapping.ros import conversions as conv
-from neural_mapping.ros.outputs import MapOutputs
-from neural_mapping.ros.params import (NODE_NAME, config_from_node, declare_config_parameters,
-                     format_effective_config, node_config_from_node)
+from neural_mapping.config import MappingConfig
+from neural_mapping.ros.inputs import FrameInputs
+from neural_mapping.ros.outputs import MAP_QOS, MapOutputs, RateTimer
+from neural_mapping.ros.params import (NODE_NAME, NodeConfig, config_from_node,
+                                       declare_config_parameters, format_effective_config,
+                                       install_parameter_validation, node_config_from_node)
 
-MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
-RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
-                                durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
-# Poses are tiny and each one matters for interpolation: a deep reliable queue so a busy
-# executor does not overwrite them in the reader history.  Measured with Fast DDS's default
-# transports (bench/bench_ros.py node): next to 30 Hz images, a lost pose datagram is
-# repaired only after the writer's next heartbeat and the reliable reader holds back every
-# newer pose meanwhile, so poses arrive 0.3-3 s late and frames expire waiting for them
-# (pose_wait_timeout_s).  Best effort does not help (the lost poses are then gone, and
-# tests sending one frame at a time lose it).  The fix is the transport:
-# config/fastdds_shm.xml (shared memory, 16 MB segments) on both ends.
-POSE_INPUT_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE,
-                            durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
-PENDING_DEPTH = 8      # depth images waiting for their color partner
-PENDING_COLOR = 8
-COLOR_SILENCE_S = 1.0  # no color for this long (wall clock): depth goes on alone
 PATH_PERIOD_S = 0.5    # ~/path: at most one message per period (the last change always goes out)
 LATENCY_WINDOW = 1000  # samples kept for the stamp-based latency percentiles
 
@@ -88,23 +75,12 @@ class MappingNode(Node):
         self.get_logger().info("effective configuration:\n" + format_effective_config(self.cfg, self.ncfg))
         self.output_dir = Path(self.cfg.run.output_dir)
 
-        self.drops: Dict[str, int] = collections.Counter()
-        self._drop_logged: set = set()
-        self._lock = threading.Lock()
-        self._intrinsics: Optional[CameraIntrinsics] = None
-        self._intrinsics_size: Optional[Tuple[int, int]] = None
-        self._depths: Deque = collections.deque()
-        self._colors: Deque = collections.deque()
-        self._last_color_wall = 0.0
-        self._frame_index = 0
-        self._camera_frame = self.ncfg.camera_frame
+        self._lock = threading.Lock()  # path and latency samples
         self._path = PathMsg()
         self._path.header.frame_id = self.ncfg.map_frame
         self._last_path_pub = 0.0
         self._path_dirty = False
         self._closing = False
-        # frame index -> depth stamp (s) until the frame is integrated (or known dropped)
-        self._stamps: Dict[int, float] = {}
         self._lat_stamp: Dict[str, Deque[float]] = {
             "pose": collections.deque(maxlen=LATENCY_WINDOW),
             "integrate": collections.deque(maxlen=LATENCY_WINDOW)}
@@ -118,23 +94,11 @@ class MappingNode(Node):
         self.pub_path = self.create_publisher(PathMsg, "~/path", MAP_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.tf_broadcaster = None
-        if self.ncfg.publish_tf:
-            try:
-                from tf2_ros import TransformBroadcaster  # not on PyPI: optional
-                self.tf_broadcaster = TransformBroadcaster(self)
-            except ImportError:
-                self.get_logger().warning(
-                    "tf2_ros is not importable: no TF is broadcast (poses are still published on "
-                    "~/pose, ~/odometry and ~/path)")
+        self._tf_unavailable = False
+        self._ensure_tf_broadcaster()
 
-        # ---- subscriptions (relative names)
-        in_qos = qos_profile_sensor_data if self.ncfg.input_qos == "sensor_data" else RELIABLE_INPUT_QOS
-        self.create_subscription(Image, "depth/image", self._on_depth, in_qos)
-        self.create_subscription(CameraInfo, "depth/camera_info", self._on_camera_info, in_qos)
-        self.create_subscription(Image, "color/image", self._on_color, in_qos)
-        if self.cfg.run.pose_source != "track":
-            self.create_subscription(conv.pose_msg_type(self.ncfg.pose_topic_type), "pose",
-                                     self._on_pose_msg, POSE_INPUT_QOS)
+        # ---- subscriptions (relative names): decode, pair, submit
+        self.inputs = FrameInputs(self, self.system)
 
         # ---- services
         self.create_service(Trigger, "~/save_mesh", self._srv_save_mesh)
@@ -146,150 +110,40 @@ class MappingNode(Node):
         self.create_timer(PATH_PERIOD_S, self._on_path_timer)
         # mesh, occupancy, costmap, ESDF slice, occupied voxels (own timers, only when subscribed)
         self.outputs = MapOutputs(self, self.system, self.cfg, self.ncfg, self.output_dir)
-        if self.ncfg.diagnostics_rate_hz > 0:
-            self.create_timer(1.0 / self.ncfg.diagnostics_rate_hz, self._publish_diagnostics)
+        self.diagnostics_timer = RateTimer(self, self._publish_diagnostics,
+                                           self.ncfg.diagnostics_rate_hz)
+        # runtime changes of RUNTIME_TUNABLE parameters: validated as a whole, core values
+        # applied by the mapping thread (system.reconfigure), node values here
+        install_parameter_validation(self, self._apply_parameters)
         self.get_logger().info(
             f"mapping on {self.system.device} with pose_source={self.cfg.run.pose_source}, "
             f"voxel_size_m={self.cfg.grid.voxel_size_m}, input_qos={self.ncfg.input_qos}")
 
-    # ================================================================ drops
-    def _drop(self, reason: str, message: str) -> None:
-        with self._lock:
-            first = self._count_drop(reason)
-        if first:  # once per reason; the counters are in diagnostics
-            self._log_drop(reason, message)
-
-    def _count_drop(self, reason: str) -> bool:
-        """Count a drop (caller holds ``_lock``); True the first time for this reason."""
-        self.drops[reason] += 1
-        first = reason not in self._drop_logged
-        self._drop_logged.add(reason)
-        return first
-
-    def _log_drop(self, reason: str, message: str) -> None:
-        self.get_logger().warning(f"dropping input ({reason}): {message} "
-                                  "[logged once per reason; counts in /diagnostics as "
-                                  f"input_dropped_{reason}]")
-
-    # ============================================================ callbacks
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _ensure_tf_broadcaster(self) -> None:
+        if not self.ncfg.publish_tf or self.tf_broadcaster is not None or self._tf_unavailable:
+            return
         try:
-            intr = conv.intrinsics_from_camera_info(msg)
-        except conv.DecodeError as e:
-            self._drop(e.reason, str(e))
-            return
-        self._intrinsics = intr
-        if not self._camera_frame and msg.header.frame_id:
-            self._camera_frame = msg.header.frame_id
-        self._pair()  # depth images may be waiting for their first camera_info
+            from tf2_ros import TransformBroadcaster  # not on PyPI: optional
+            self.tf_broadcaster = TransformBroadcaster(self)
+        except ImportError:
+            self._tf_unavailable = True
+            self.get_logger().warning(
+                "tf2_ros is not importable: no TF is broadcast (poses are still published on "
+                "~/pose, ~/odometry and ~/path)")
 
-    def _on_depth(self, msg: Image) -> None:
-        try:
-            stamp = conv.stamp_to_sec(msg.header.stamp)
-            depth = conv.depth_from_msg(msg)
-        except conv.DecodeError as e:
-            self._drop(e.reason, str(e))
-            return
-        if not self._camera_frame and msg.header.frame_id:
-            self._camera_frame = msg.header.frame_id
-        first = None
-        with self._lock:
-            self._depths.append((stamp, depth))
-            while len(self._depths) > PENDING_DEPTH:
-                self._depths.popleft()
-                reason = "no_camera_info" if self._intrinsics is None else "depth_unpaired"
-                if self._count_drop(reason):
-                    first = reason
-        if first == "no_camera_info":
-            self._log_drop(first, f"no valid message on {self.resolve_topic_name('depth/camera_info')} "
-                           f"yet: depth images wait for it ({PENDING_DEPTH} at most)")
-        elif first is not None:
-            self._log_drop(first, f"more than {PENDING_DEPTH} depth images wait for a color "
-                           "image with a matching stamp (color_sync_tolerance_s)")
-        self._pair()
-
-    def _on_color(self, msg: Image) -> None:
-        try:
-            stamp = conv.stamp_to_sec(msg.header.stamp)
-            color = conv.color_from_msg(msg)
-        except conv.DecodeError as e:
-            self._drop(e.reason, str(e))
-            return
-        with self._lock:
-            self._last_color_wall = time.monotonic()
-            self._colors.append((stamp, color))
-            while len(self._colors) > PENDING_COLOR:
-                self._colors.popleft()
-        self._pair()
-
-    def _pair(self) -> None:
-        """Pair depth with color by stamp (within color_sync_tolerance_s) and submit."""
-        tol = self.ncfg.color_sync_tolerance_s
-        ready = []
-        intr = self._intrinsics
-        if intr is None:  # depth waits (bounded) for the first camera_info
-            return
-        with self._lock:
-            color_alive = time.monotonic() - self._last_color_wall < COLOR_SILENCE_S
-            while self._depths:
-                stamp, depth = self._depths[0]
-                best = None
-                for k, (cs, _) in enumerate(self._colors):
-                    if abs(cs - stamp) <= tol and (best is None or abs(cs - stamp) < abs(self._colors[best][0] - stamp)):
-                        best = k
-                if best is not None:
-                    color = self._colors[best][1]
-                    for _ in range(best + 1):  # older colors can no longer match newer depth
-                        self._colors.popleft()
-                    self._depths.popleft()
-                    ready.append((stamp, depth, intr, color))
-                    continue
-                newest_color = self._colors[-1][0] if self._colors else -np.inf
-                if not color_alive or newest_color > stamp + tol:
-                    self._depths.popleft()  # its partner will not come: depth alone
-                    if color_alive:
-                        self.drops["color_unmatched_depth_used_alone"] += 1
-                    ready.append((stamp, depth, intr, None))
-                    continue
-                break
-        for stamp, depth, intr, color in ready:
-            self._submit(stamp, depth, intr, color)
-
-    def _submit(self, stamp, depth, intr, color) -> None:
-        if (intr.width, intr.height) != (depth.shape[1], depth.shape[0]):
-            self._drop(conv.SIZE_MISMATCH,
-                       f"depth image is {depth.shape[1]}x{depth.shape[0]} but depth/camera_info says "
-                       f"{intr.width}x{intr.height}")
-            return
-        if color is not None:
-            try:
-                conv.check_registered(depth.shape, color.shape)
-            except conv.DecodeError as e:
-                self._drop(e.reason, str(e))
-                color = None
-        try:
-            frame = RGBDFrame(depth, intr, color=color, timestamp=stamp, index=self._frame_index)
-        except (TypeError, ValueError) as e:
-            self._drop("bad_frame", str(e))
-            return
-        with self._lock:
-            self._stamps[self._frame_index] = stamp
-            if len(self._stamps) > 4 * LATENCY_WINDOW:  # frames dropped inside the core
-                for k in sorted(self._stamps)[:len(self._stamps) - 2 * LATENCY_WINDOW]:
-                    del self._stamps[k]
-        self._frame_index += 1
-        self.system.submit(frame)  # realtime mode: never blocks, drops oldest
-
-    def _on_pose_msg(self, msg) -> None:
-        try:
-            sample = conv.pose_sample_from_msg(msg, self.ncfg.pose_topic_type)
-        except conv.DecodeError as e:
-            self._drop(e.reason, str(e))
-            return
-        # (t, q) as received: the pose buffer checks the quaternion norm itself
-        if not self.system.submit_pose(sample.stamp, sample.tq):
-            self._drop(conv.BAD_POSE, "pose rejected by the pose buffer (non-finite, bad quaternion, "
-                                      "non-rigid or older than the kept window)")
+    def _apply_parameters(self, cfg: MappingConfig, ncfg: NodeConfig, names) -> None:
+        """Apply a validated runtime parameter change (raising rejects it, with the reason)."""
+        core = {k: v for k, v in cfg.to_flat().items() if k in names}
+        if core:
+            self.system.reconfigure(core)  # ValueError: rejected; else the next frame uses it
+            self.cfg = self.outputs.cfg = cfg
+        if set(names) - set(core):
+            self.ncfg = ncfg
+            self.outputs.apply_node_config(ncfg)
+            self.diagnostics_timer.set_rate(ncfg.diagnostics_rate_hz)
+            self._ensure_tf_broadcaster()
+        self.get_logger().info("parameters changed: " + ", ".join(
+            f"{k}={v!r}" for k, v in {**cfg.to_flat(), **ncfg.to_flat()}.items() if k in names))
 
     # ============================================================ outputs
     def _now_s(self) -> float:
@@ -297,16 +151,14 @@ class MappingNode(Node):
 
     def _on_integrated(self, index: int, version: int) -> None:
         """Called by the mapping thread after each integration."""
-        with self._lock:
-            stamp = self._stamps.pop(index, None)
+        stamp = self.inputs.pop_stamp(index)
         if stamp is not None:
             self._lat_stamp["integrate"].append(self._now_s() - stamp)
 
     def _on_pose(self, result: PoseResult) -> None:
         """Called by the tracking thread for every frame's pose."""
         if not result.ok:
-            with self._lock:
-                self._stamps.pop(result.index, None)  # it will not be integrated
+            self.inputs.pop_stamp(result.index)  # it will not be integrated
             return
         if self._closing or not self.context.ok():
             return  # shutting down: the publishers may already be invalid
@@ -324,19 +176,19 @@ class MappingNode(Node):
         ps = conv.pose_stamped_msg(T, stamp, self.ncfg.map_frame)
         self.pub_pose.publish(ps)
         self.pub_odom.publish(conv.odometry_msg(T, stamp, self.ncfg.map_frame,
-                                                self._camera_frame or "camera"))
+                                                self.inputs.camera_frame or "camera"))
         with self._lock:
             conv.path_append(self._path, ps, self.ncfg.path_max_poses)
             self._path_dirty = True
             if time.monotonic() - self._last_path_pub > PATH_PERIOD_S:
                 self._publish_path_locked()
-        if self.tf_broadcaster is not None:
+        if self.tf_broadcaster is not None and self.ncfg.publish_tf:
             if self.ncfg.odom_frame and self.cfg.run.pose_source != "track":
                 corr = result.T_correction if result.T_correction is not None else np.eye(4)
                 tf = conv.transform_stamped_msg(corr, stamp, self.ncfg.map_frame, self.ncfg.odom_frame)
             else:
                 tf = conv.transform_stamped_msg(T, stamp, self.ncfg.map_frame,
-                                                self._camera_frame or "camera")
+                                                self.inputs.camera_frame or "camera")
             self.tf_broadcaster.sendTransform(tf)
 
     def _publish_path_locked(self) -> None:
@@ -357,7 +209,7 @@ class MappingNode(Node):
         with self._lock:
             # input dropped before it became a frame (decode errors, pairing); the core's own
             # drops are the "dropped_*" keys
-            stats.update({f"input_dropped_{k}": v for k, v in self.drops.items()})
+            stats.update({f"input_dropped_{k}": v for k, v in self.inputs.drop_counts().items()})
             stats.update({f"output_{k}": v for k, v in self.outputs.stats.items()})
             for k, v in self._lat_stamp.items():
                 if v:

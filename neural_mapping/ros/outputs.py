@@ -16,6 +16,11 @@
 * ``~/save_occupancy`` (std_srvs/Trigger): ``occupancy.pgm`` + ``occupancy.yaml`` for
   ``nav2_map_server`` in ``output_dir``.
 
+Occupancy, costmap, ESDF slice and occupied voxels are computed from ``system.snapshot()``
+(a private copy of the map: only the copy holds the map lock, never the computation), and
+only when the map version changed since the last one.  The mesh reads the system's mesh
+cache (``system.mesh_update()``: only the dirty blocks, under the lock).
+
 The map frame: ``map_transform_from_config`` (``map_up_source``, ``map_origin``) with the
 first integrated camera pose when the config asks for it.
 """
@@ -35,7 +40,7 @@ from visualization_msgs.msg import MarkerArray
 from neural_mapping.products import occupancy as occ
 from neural_mapping.ros import conversions as conv
 from neural_mapping.ros import fast_cdr
-from neural_mapping.ros.mesh_publisher import MeshPublisherState
+from neural_mapping.ros.mesh_publisher import MeshPublisherState, mbytes_budget
 
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
@@ -43,8 +48,29 @@ MESH_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
 
 
+class RateTimer:
+    """A node timer calling ``fn`` at ``rate_hz`` (0: off) whose rate can change at runtime."""
+
+    def __init__(self, node, fn, rate_hz: float):
+        self.node, self.fn = node, fn
+        self.rate_hz = None
+        self.timer = None
+        self.set_rate(rate_hz)
+
+    def set_rate(self, rate_hz: float) -> None:
+        rate_hz = float(rate_hz)
+        if rate_hz == self.rate_hz:
+            return
+        if self.timer is not None:
+            self.node.destroy_timer(self.timer)
+            self.timer = None
+        if rate_hz > 0:
+            self.timer = self.node.create_timer(1.0 / rate_hz, self.fn)
+        self.rate_hz = rate_hz
+
+
 class MapOutputs:
-    """Publishers, timers and services of the map outputs; reads the system under its lock."""
+    """Publishers, timers and services of the map outputs (heavy ones read map snapshots)."""
 
     def __init__(self, node, system, cfg, ncfg, output_dir: Path):
         self.node, self.system, self.cfg, self.ncfg = node, system, cfg, ncfg
@@ -59,17 +85,24 @@ class MapOutputs:
         self._mesh_subs = 0
         self._mesh_full_requested = False
         self.occupancy_map: Optional[occ.OccupancyMap2D] = None
+        self._T_world_map: Optional[np.ndarray] = None
         self._occupancy_version = -1
         self._voxels_version = -1
         self.stats = {"mesh_messages": 0, "mesh_bytes": 0, "occupancy_updates": 0, "occupancy_resizes": 0}
-        if ncfg.mesh_rate_hz > 0:
-            node.create_timer(1.0 / ncfg.mesh_rate_hz, self.publish_mesh)
-        if ncfg.occupancy_rate_hz > 0:
-            node.create_timer(1.0 / ncfg.occupancy_rate_hz, self.publish_occupancy)
-        if ncfg.occupied_voxels_rate_hz > 0:
-            node.create_timer(1.0 / ncfg.occupied_voxels_rate_hz, self.publish_occupied_voxels)
+        self.timers = {"mesh": RateTimer(node, self.publish_mesh, ncfg.mesh_rate_hz),
+                       "occupancy": RateTimer(node, self.publish_occupancy, ncfg.occupancy_rate_hz),
+                       "occupied_voxels": RateTimer(node, self.publish_occupied_voxels,
+                                                    ncfg.occupied_voxels_rate_hz)}
         node.create_service(Trigger, "~/republish_mesh", self._srv_republish_mesh)
         node.create_service(Trigger, "~/save_occupancy", self._srv_save_occupancy)
+
+    def apply_node_config(self, ncfg) -> None:
+        """Take runtime changes of the node parameters (rates, mesh byte budget)."""
+        self.ncfg = ncfg
+        self.mesh_state.max_bytes_per_update = mbytes_budget(ncfg.mesh_max_mbytes_per_update)
+        self.timers["mesh"].set_rate(ncfg.mesh_rate_hz)
+        self.timers["occupancy"].set_rate(ncfg.occupancy_rate_hz)
+        self.timers["occupied_voxels"].set_rate(ncfg.occupied_voxels_rate_hz)
 
     # ------------------------------------------------------------------ mesh
     def publish_mesh(self) -> None:
@@ -98,21 +131,26 @@ class MapOutputs:
 
     # ------------------------------------------------------------- occupancy
     def _map_transform(self) -> Optional[np.ndarray]:
-        traj = [p for p in self.system.trajectory[:1] if p.ok]
-        first = traj[0].T_world_cam if traj else None
-        try:
-            return occ.map_transform_from_config(self.cfg, first)
-        except ValueError:
-            return None  # needs the first camera pose: not there yet
+        """The map frame, fixed once known (until ``reset``): the trajectory of a live
+        system is bounded, so its first pose does not stay the first."""
+        if self._T_world_map is None:
+            first = next(iter(self.system.trajectory), None)
+            try:
+                self._T_world_map = occ.map_transform_from_config(
+                    self.cfg, first.T_world_cam if first is not None and first.ok else None)
+            except ValueError:
+                return None  # needs the first camera pose: not there yet
+        return self._T_world_map
 
-    def update_occupancy(self) -> Optional[occ.OccupancyGrid2D]:
+    def update_occupancy(self, snapshot=None) -> Optional[occ.OccupancyGrid2D]:
+        """Re-project the occupancy grid from ``snapshot`` (a fresh one if None)."""
         if self.occupancy_map is None:
             T = self._map_transform()
             if T is None:
                 return None
             self.occupancy_map = occ.OccupancyMap2D(self.cfg, T, frame_id=self.ncfg.map_frame)
-        with self.system.read_map() as volume:
-            grid = self.occupancy_map.update(volume)
+        snapshot = snapshot if snapshot is not None else self.system.snapshot()
+        grid = self.occupancy_map.update(snapshot.field)
         if grid is not None:
             self.stats["occupancy_updates"] += 1
             self.stats["occupancy_resizes"] = self.occupancy_map.num_resizes
@@ -122,9 +160,10 @@ class MapOutputs:
         wanted = (self.pub_occupancy.get_subscription_count() + self.pub_costmap.get_subscription_count()
                   + self.pub_esdf.get_subscription_count())
         if wanted == 0 or self.system.version == self._occupancy_version:
-            return
-        self._occupancy_version = self.system.version
-        grid = self.update_occupancy()
+            return  # nobody listens, or the map did not change: no copy, no work
+        snapshot = self.system.snapshot()
+        self._occupancy_version = snapshot.version
+        grid = self.update_occupancy(snapshot)
         if grid is None:
             return
         stamp = self.node.get_clock().now().to_msg()
@@ -144,12 +183,12 @@ class MapOutputs:
     def publish_occupied_voxels(self) -> None:
         if self.pub_voxels.get_subscription_count() == 0 or self.system.version == self._voxels_version:
             return
-        self._voxels_version = self.system.version
         T = self._map_transform()
         if T is None:
             return
-        with self.system.read_map() as volume:
-            xyz, rgb = occ.occupied_voxels(volume, self.cfg, T)
+        snapshot = self.system.snapshot()
+        self._voxels_version = snapshot.version
+        xyz, rgb = occ.occupied_voxels(snapshot.field, self.cfg, T)
         self.pub_voxels.publish(fast_cdr.pointcloud2_bytes(
             xyz, rgb=rgb, frame_id=self.ncfg.map_frame, stamp=self.node.get_clock().now().to_msg()))
 
@@ -171,4 +210,5 @@ class MapOutputs:
     def reset(self) -> None:
         """After ``reset``/``load_map``: a new map frame may apply; the mesh cache invalidates itself."""
         self.occupancy_map = None
+        self._T_world_map = None
         self._occupancy_version = self._voxels_version = -1

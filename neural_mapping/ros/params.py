@@ -4,8 +4,10 @@ Two dataclass families declare every parameter, both with :func:`neural_mapping.
 
 * the core :class:`~neural_mapping.config.MappingConfig` sections (the single source of
   truth for the mapping core, also used offline and by the CLI flags);
-* :class:`NodeConfig` below: settings that only exist in the ROS node (frames, QoS, pose
-  message type, output rates).  Its names never collide with core names.
+* :class:`~neural_mapping.ros.node_config.NodeConfig`: settings that only exist in the ROS
+  node (frames, QoS, pose message type, output rates).  Its names never collide with core
+  names.  The node starts from :func:`~neural_mapping.ros.node_config.node_core_defaults`
+  (the core defaults, realtime sync).
 
 From them this module derives, with the same machinery:
 
@@ -16,7 +18,8 @@ From them this module derives, with the same machinery:
   -p``, params files, launch) are validated first, all at once, with the config's messages;
 * :func:`config_from_node` / :func:`node_config_from_node` -- read back and validate;
 * :func:`install_parameter_validation` -- rejects runtime ``set_parameters`` that would make
-  the config invalid (e.g. ``depth_min_m >= depth_max_m``);
+  the config invalid (e.g. ``depth_min_m >= depth_max_m``) with the reason, and hands valid
+  changes to the node (which applies them: ``MappingNode._apply_parameters``);
 * :func:`default_yaml_text` / :func:`write_default_yaml` -- ``config/default.yaml``
   (``python -m neural_mapping.ros.params --write config/default.yaml``).
 
@@ -30,82 +33,16 @@ import argparse
 import dataclasses
 import sys
 import textwrap
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from neural_mapping.config import MappingConfig, _type_of, check_value, coerce, leaf_fields, param
+from neural_mapping.config import MappingConfig, check_value, coerce, leaf_fields
+from neural_mapping.ros.node_config import (INPUT_QOS, NODE_CORE_DEFAULTS,  # noqa: F401 (API)
+                                            POSE_TOPIC_TYPES, RUNTIME_TUNABLE, NodeConfig,
+                                            node_core_defaults)
 
 NODE_NAME = "neural_mapping"
-POSE_TOPIC_TYPES = ("PoseStamped", "Odometry", "TransformStamped")
-INPUT_QOS = ("reliable", "sensor_data")
-
-
-@dataclass
-class NodeConfig:
-    """Settings of the ROS node that are not part of the mapping core."""
-
-    map_frame: str = param("map", "Fixed frame of the map and of every map output (REP-105); "
-                           "its z axis is up.")
-    odom_frame: str = param("odom", "Odometry frame (REP-105). The node broadcasts map->odom; "
-                            "empty: it broadcasts map->camera frame instead.")
-    camera_frame: str = param("", "Camera optical frame; empty: the frame_id of the depth image "
-                              "header.")
-    publish_tf: bool = param(True, "Broadcast the map->odom (or map->camera) transform "
-                             "(needs tf2_ros).")
-    input_qos: str = param("reliable", "QoS of the image/camera_info subscriptions: reliable "
-                           "(matches reliable publishers only; no loss over loopback) or "
-                           "sensor_data (best effort, matches every publisher; large images can "
-                           "be lost without transport tuning).", choices=INPUT_QOS)
-    pose_topic_type: str = param("PoseStamped", "Message type on the 'pose' input.",
-                                 choices=POSE_TOPIC_TYPES)
-    color_sync_tolerance_s: float = param(
-        0.02, "Largest |depth stamp - color stamp| for a depth and a color image to be paired.",
-        unit="s", lo=0.0, hi=1.0)
-    mesh_rate_hz: float = param(1.0, "Rate of ~/mesh updates (only while subscribed; 0 = off).",
-                                unit="Hz", lo=0.0, hi=100.0)
-    mesh_max_mbytes_per_update: float = param(
-        8.0, "Byte budget of one ~/mesh update (dirty blocks beyond it wait for the next one, "
-        "oldest first).", unit="MB", lo=0.01, hi=1000.0)
-    occupancy_rate_hz: float = param(1.0, "Rate of ~/occupancy updates (only while subscribed; "
-                                     "0 = off).", unit="Hz", lo=0.0, hi=100.0)
-    occupied_voxels_rate_hz: float = param(0.5, "Rate of ~/occupied_voxels updates (only while "
-                                           "subscribed; 0 = off).", unit="Hz", lo=0.0, hi=100.0)
-    diagnostics_rate_hz: float = param(1.0, "Rate of diagnostics (counters, drops per reason, "
-                                       "latency); 0 = off.", unit="Hz", lo=0.0, hi=100.0)
-    path_max_poses: int = param(10000, "Poses kept in ~/path (oldest dropped; 0 = unbounded).",
-                                unit="poses", lo=0, hi=10_000_000)
-    save_on_shutdown: bool = param(False, "Save mesh and map to output_dir on a clean shutdown.")
-
-    def to_flat(self) -> Dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            check_value(f, getattr(self, f.name))
-
-    @classmethod
-    def from_flat(cls, values: Dict[str, Any], base: Optional["NodeConfig"] = None) -> "NodeConfig":
-        index = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(index))
-        if unknown:
-            raise ValueError(f"unknown node parameter(s) {unknown}; known: {sorted(index)}")
-        cfg = dataclasses.replace(base) if base is not None else cls()
-        for name, value in values.items():
-            setattr(cfg, name, coerce(index[name], value))
-        cfg.validate()
-        return cfg
-
-
-# Parameters that may change while the node runs; every other one is declared read_only
-# (structure of the map, threads, topics and frames are fixed at start-up).
-RUNTIME_TUNABLE = frozenset({
-    "depth_min_m", "depth_max_m", "max_weight", "integrate_color", "pose_wait_timeout_s",
-    "color_sync_tolerance_s", "mesh_rate_hz", "mesh_max_mbytes_per_update", "occupancy_rate_hz",
-    "occupied_voxels_rate_hz", "diagnostics_rate_hz", "path_max_poses", "save_on_shutdown",
-    "publish_tf",
-})
 
 # Declared by rclpy itself; never ours.
 RESERVED = frozenset({"use_sim_time", "start_type_description_service"})
@@ -116,6 +53,11 @@ _DBL = sys.float_info.max
 
 class ParameterConfigError(ValueError):
     """Invalid parameter values (the message lists every problem and how to set them)."""
+
+
+def _type_of(f: dataclasses.Field) -> type:
+    """Python type of a config field (what the config's own ``coerce`` turns its default into)."""
+    return type(coerce(f, f.default))
 
 
 def node_leaf_fields() -> List[dataclasses.Field]:
@@ -254,7 +196,8 @@ def declare_config_parameters(node, cfg_defaults: Optional[MappingConfig] = None
                               node_defaults: Optional[NodeConfig] = None) -> None:
     """Declare every core and node parameter on ``node`` with its descriptor.
 
-    Defaults come from ``cfg_defaults`` / ``node_defaults`` (the dataclass defaults if None).
+    Defaults come from ``cfg_defaults`` / ``node_defaults`` (if None: :func:`node_core_defaults`
+    and the :class:`NodeConfig` defaults).
     Overrides are checked first (type, range, choices; all problems reported together), then
     rclpy declares them (and checks the ranges again).  An integer override of a
     floating-point parameter (``voxel_size_m: 1`` in YAML) is accepted as a float.  Unknown
@@ -263,7 +206,7 @@ def declare_config_parameters(node, cfg_defaults: Optional[MappingConfig] = None
     from rclpy.exceptions import ParameterException
     from rclpy.parameter import Parameter
     _check_names()
-    cfg_defaults = cfg_defaults if cfg_defaults is not None else MappingConfig()
+    cfg_defaults = cfg_defaults if cfg_defaults is not None else node_core_defaults()
     node_defaults = node_defaults if node_defaults is not None else NodeConfig()
     defaults = {**cfg_defaults.to_flat(), **node_defaults.to_flat()}
     ov = getattr(node, "_parameter_overrides", None)
@@ -339,13 +282,14 @@ def install_parameter_validation(node, on_change=None):
 
 def format_effective_config(cfg: MappingConfig, node_cfg: NodeConfig) -> str:
     """Multi-line ``name = value [unit]`` listing (``*`` marks values differing from the
-    defaults) for the start-up log."""
+    node's defaults) for the start-up log."""
     values = {**cfg.to_flat(), **node_cfg.to_flat()}
+    defaults = {**node_core_defaults().to_flat(), **NodeConfig().to_flat()}
     lines = []
     for sec, f in parameter_fields():
         v = values[f.name]
         unit = f.metadata.get("unit") or ""
-        mark = "*" if v != f.default else " "
+        mark = "*" if v != defaults[f.name] else " "
         lines.append(f"{mark} {sec:<11} {f.name} = {v!r}{' ' + unit if unit else ''}")
     return "\n".join(lines)
 
@@ -353,7 +297,7 @@ def format_effective_config(cfg: MappingConfig, node_cfg: NodeConfig) -> str:
 # ------------------------------------------------------------------------------- YAML
 def default_yaml_dict(cfg: Optional[MappingConfig] = None,
                       node_cfg: Optional[NodeConfig] = None) -> Dict[str, Any]:
-    cfg = cfg if cfg is not None else MappingConfig()
+    cfg = cfg if cfg is not None else node_core_defaults()
     node_cfg = node_cfg if node_cfg is not None else NodeConfig()
     return {NODE_NAME: {"ros__parameters": {**cfg.to_flat(), **node_cfg.to_flat()}}}
 

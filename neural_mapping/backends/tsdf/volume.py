@@ -21,67 +21,16 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from neural_mapping import kernels
 from neural_mapping.backends.tsdf.integrate import integrate
-from neural_mapping.grid.workspace import workspace
 from neural_mapping.config import GridConfig, IntegrationConfig, MappingConfig
 from neural_mapping.grid.field import VoxelField
+from neural_mapping.grid.raycast import raycast
+from neural_mapping.grid.sampling import trilinear
 from neural_mapping.grid.voxel_grid import TSDF_ATTRIBUTES, VoxelBlockGrid
 from neural_mapping.types import CameraIntrinsics, RGBDFrame, check_pose
 
-__all__ = ["TSDFVolume", "trilinear", "sample_tsdf"]
+__all__ = ["TSDFVolume"]
 
-_workspace = workspace  # grid/raycast.py until it imports grid.workspace
-
-_CORNERS = ((0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1))
-
-
-def trilinear(grid: VoxelBlockGrid, pts: torch.Tensor, *, with_grad: bool = False,
-              with_color: bool = False) -> Dict[str, torch.Tensor]:
-    """Trilinear interpolation of the TSDF at world points ``pts`` ``[3, K]`` (planar).
-
-    Returns ``tsdf`` [K] (renormalised over observed corners, 1.0 where none is),
-    ``weight`` [K] (trilinear weight, unobserved corners count 0), and optionally
-    ``grad`` [3, K] (d tsdf / d x, per metre; unobserved corners read their stored
-    value) and ``color`` [K, 3].
-    """
-    device = grid.device
-    B = grid.block_size
-    offs = workspace().cached(("corner_offs", B, grid.voxel_index_dtype, device), lambda: (
-        torch.tensor(_CORNERS, dtype=torch.int32, device=device).T.reshape(3, 8, 1),
-        torch.tensor([(x * B + y) * B + z for x, y, z in _CORNERS], device=device,
-                     dtype=grid.voxel_index_dtype)[:, None]))
-    color = grid.attrs["color"] if with_color and "color" in grid.attrs else None
-    t, w, g, c = kernels.trilinear(
-        pts, grid._index.view(-1), list(grid._index_origin_list), list(grid._index_shape), B,
-        grid.voxel_index_dtype != torch.int32, grid.attrs["tsdf"].view(-1),
-        grid.attrs["weight"].view(-1), color, offs[0], offs[1], 1.0 / grid.voxel_size_m,
-        with_grad)
-    out = {"tsdf": t, "weight": w}
-    if g is not None:
-        out["grad"] = g
-    if c is not None:
-        out["color"] = c
-    return out
-
-
-def sample_tsdf(grid: VoxelBlockGrid, points_world: torch.Tensor, *, with_color: bool = True
-                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Trilinear ``(tsdf [N], weight [N], color [N, 3] or None)`` at world points ``[N, 3]``.
-
-    Corners that are unallocated or unobserved (weight 0) are left out and the
-    remaining trilinear weights renormalised, so ``tsdf`` is the interpolation
-    of the observed corners (1.0 where none is observed); ``weight`` is the
-    trilinear interpolation of the voxel weights (unobserved = 0), so
-    ``weight > 0`` says "observed".  ``color`` is float 0..255.
-    """
-    pts = points_world.to(device=grid.device, dtype=torch.float32).reshape(-1, 3)
-    r = trilinear(grid, pts.T.contiguous(), with_color=with_color)
-    return r["tsdf"], r["weight"], r.get("color")
-
-
-
-# ============================================================================ backend
 # facade keyword -> typed config field
 _ALIASES = {"block_size": "block_size_vox", "initial_capacity": "initial_capacity_blocks",
             "max_capacity": "max_capacity_blocks", "alloc_stride": "alloc_stride_px"}
@@ -182,7 +131,6 @@ class TSDFVolume:
                depth_range: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                color: bool = True, fast: bool = False):
         """Ray cast of the TSDF (:func:`neural_mapping.grid.raycast.raycast`)."""
-        from neural_mapping.grid.raycast import raycast
         return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=self.depth_min_m,
                        depth_max_m=self.depth_max_m, with_color=color, depth_range=depth_range,
                        march_unhinted=depth_range is None, fast=fast)
@@ -219,12 +167,16 @@ class TSDFVolume:
 
     # ------------------------------------------------------------------ facade extras
     def sample_tsdf(self, points_world: torch.Tensor, with_color: bool = True):
-        """Trilinear ``(tsdf [N], weight [N], color [N, 3] or None)`` at world points ``[N, 3]``."""
+        """Trilinear ``(tsdf [N], weight [N], color [N, 3] or None)`` at world points ``[N, 3]``:
+        unobserved corners are left out and the rest renormalised (1.0 where none is observed);
+        ``weight`` interpolates the voxel weights (``> 0``: observed); color float 0..255."""
         if not isinstance(points_world, torch.Tensor):
             points_world = torch.as_tensor(np.asarray(points_world, dtype=np.float32))
         if points_world.ndim != 2 or points_world.shape[1] != 3:
             raise ValueError(f"points_world must be [N, 3], got {tuple(points_world.shape)}")
-        return sample_tsdf(self.grid, points_world, with_color=with_color)
+        pts = points_world.to(device=self.device, dtype=torch.float32).T.contiguous()
+        r = trilinear(self.field(), pts, with_color=with_color)
+        return r["sdf"], r["weight"], r.get("color")
 
     @staticmethod
     def _check_depth(depth, intr: CameraIntrinsics) -> None:

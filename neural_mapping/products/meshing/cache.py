@@ -25,9 +25,10 @@ Dirty set
 Update
     A block's cubes read its own voxels and the first layer of its +x/+y/+z
     neighbours (see :mod:`~neural_mapping.products.meshing.marching_cubes`), so when a block
-    changes, it and its allocated -x/-y/-z neighbours (:func:`dependent_slots`) are re-extracted,
-    all in **one** vectorised :func:`extract_block_meshes` call.  Only the processed dirty blocks leave the dirty set (a dependent that is
-    dirty itself stays dirty, so its own dependents are redone when its turn comes).
+    changes, it and its allocated -x/-y/-z neighbours (:func:`dependent_slots`) are
+    re-extracted, all in **one** vectorised :func:`extract_block_meshes` call.  Only the
+    processed dirty blocks leave the dirty set (a dependent that is dirty itself stays
+    dirty, so its own dependents are redone when its turn comes).
     When the dirty set is empty, every cached piece was extracted after the last
     change of every voxel it reads, so the union of the pieces is the full extraction
     (vertices are keyed by grid edge, so a vertex shared by two blocks has the same

@@ -1,0 +1,222 @@
+"""The node's inputs: subscriptions to ``depth/image``, ``depth/camera_info``, ``color/image``
+(optional) and ``pose`` (type from ``pose_topic_type``; not with ``pose_source: track``).
+
+Callbacks decode, pair depth with color by stamp (``color_sync_tolerance_s``; depth goes on
+alone when its partner will not come or color is silent) and hand frames to
+``system.submit`` (realtime mode: never blocks).  A message that never becomes a frame is
+counted per reason (``drops``, reported as ``input_dropped_<reason>`` in diagnostics) and
+logged once per reason.  The depth stamp of every submitted frame is kept until the node
+pops it (stamp-based latency).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Deque, Dict, Optional, Tuple
+
+import numpy as np
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from sensor_msgs.msg import CameraInfo, Image
+
+from neural_mapping.ros import conversions as conv
+from neural_mapping.types import CameraIntrinsics, RGBDFrame
+
+RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
+# Poses are tiny and each one matters for interpolation: a deep reliable queue so a busy
+# executor does not overwrite them in the reader history.  Measured with Fast DDS's default
+# transports (bench/bench_ros.py node): next to 30 Hz images, a lost pose datagram is
+# repaired only after the writer's next heartbeat and the reliable reader holds back every
+# newer pose meanwhile, so poses arrive 0.3-3 s late and frames expire waiting for them
+# (pose_wait_timeout_s).  Best effort does not help (the lost poses are then gone, and
+# tests sending one frame at a time lose it).  The fix is the transport:
+# config/fastdds_shm.xml (shared memory, 16 MB segments) on both ends.
+POSE_INPUT_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
+PENDING_DEPTH = 8      # depth images waiting for their color partner
+PENDING_COLOR = 8
+COLOR_SILENCE_S = 1.0  # no color for this long (wall clock): depth goes on alone
+PENDING_DEPTH = 8      # depth images waiting for their color partner
+PENDING_COLOR = 8
+COLOR_SILENCE_S = 1.0  # no color for this long (wall clock): depth goes on alone
+STAMPS_KEPT = 1000     # submitted frames whose stamp waits for pop_stamp (x4 at most)
+
+
+class FrameInputs:
+    """Subscriptions, decoding, depth/color pairing and input drop counts of ``node`` (which
+    provides ``ncfg``, ``cfg`` and logging), frames into ``system``."""
+
+    def __init__(self, node, system):
+        self.node, self.system = node, system
+        self.drops: Dict[str, int] = collections.Counter()
+        self._drop_logged: set = set()
+        self._lock = threading.Lock()
+        self._intrinsics: Optional[CameraIntrinsics] = None
+        self._depths: Deque = collections.deque()
+        self._colors: Deque = collections.deque()
+        self._last_color_wall = 0.0
+        self._frame_index = 0
+        self.camera_frame = node.ncfg.camera_frame  # else the depth header's frame_id
+        # frame index -> depth stamp (s) until the frame is integrated (or known dropped)
+        self._stamps: Dict[int, float] = {}
+        ncfg = node.ncfg
+        in_qos = qos_profile_sensor_data if ncfg.input_qos == "sensor_data" else RELIABLE_INPUT_QOS
+        node.create_subscription(Image, "depth/image", self._on_depth, in_qos)
+        node.create_subscription(CameraInfo, "depth/camera_info", self._on_camera_info, in_qos)
+        node.create_subscription(Image, "color/image", self._on_color, in_qos)
+        if node.cfg.run.pose_source != "track":
+            node.create_subscription(conv.pose_msg_type(ncfg.pose_topic_type), "pose",
+                                     self._on_pose_msg, POSE_INPUT_QOS)
+
+    def drop_counts(self) -> Dict[str, int]:
+        with self._lock:
+            return dict(self.drops)
+
+    def pop_stamp(self, index: int) -> Optional[float]:
+        """The depth stamp of submitted frame ``index`` (once), None if unknown."""
+        with self._lock:
+            return self._stamps.pop(index, None)
+
+    # ------------------------------------------------------------------ drops
+    def _drop(self, reason: str, message: str) -> None:
+        with self._lock:
+            first = self._count_drop(reason)
+        if first:  # once per reason; the counters are in diagnostics
+            self._log_drop(reason, message)
+
+    def _count_drop(self, reason: str) -> bool:
+        """Count a drop (caller holds ``_lock``); True the first time for this reason."""
+        self.drops[reason] += 1
+        first = reason not in self._drop_logged
+        self._drop_logged.add(reason)
+        return first
+
+    def _log_drop(self, reason: str, message: str) -> None:
+        self.node.get_logger().warning(f"dropping input ({reason}): {message} "
+                                  "[logged once per reason; counts in /diagnostics as "
+                                  f"input_dropped_{reason}]")
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            intr = conv.intrinsics_from_camera_info(msg)
+        except conv.DecodeError as e:
+            self._drop(e.reason, str(e))
+            return
+        self._intrinsics = intr
+        if not self.camera_frame and msg.header.frame_id:
+            self.camera_frame = msg.header.frame_id
+        self._pair()  # depth images may be waiting for their first camera_info
+
+    def _decode_image(self, msg: Image, decode) -> Optional[Tuple[float, np.ndarray]]:
+        """``(stamp_s, decode(msg))``, or None after counting the drop if it does not decode."""
+        try:
+            return conv.stamp_to_sec(msg.header.stamp), decode(msg)
+        except conv.DecodeError as e:
+            self._drop(e.reason, str(e))
+            return None
+
+    def _on_depth(self, msg: Image) -> None:
+        decoded = self._decode_image(msg, conv.depth_from_msg)
+        if decoded is None:
+            return
+        if not self.camera_frame and msg.header.frame_id:
+            self.camera_frame = msg.header.frame_id
+        first = None
+        with self._lock:
+            self._depths.append(decoded)
+            while len(self._depths) > PENDING_DEPTH:
+                self._depths.popleft()
+                reason = "no_camera_info" if self._intrinsics is None else "depth_unpaired"
+                if self._count_drop(reason):
+                    first = reason
+        if first == "no_camera_info":
+            self._log_drop(first, f"no valid message on {self.node.resolve_topic_name('depth/camera_info')} "
+                           f"yet: depth images wait for it ({PENDING_DEPTH} at most)")
+        elif first is not None:
+            self._log_drop(first, f"more than {PENDING_DEPTH} depth images wait for a color "
+                           "image with a matching stamp (color_sync_tolerance_s)")
+        self._pair()
+
+    def _on_color(self, msg: Image) -> None:
+        decoded = self._decode_image(msg, conv.color_from_msg)
+        if decoded is None:
+            return
+        with self._lock:
+            self._last_color_wall = time.monotonic()
+            self._colors.append(decoded)
+            while len(self._colors) > PENDING_COLOR:
+                self._colors.popleft()
+        self._pair()
+
+    def _pair(self) -> None:
+        """Pair depth with color by stamp (within color_sync_tolerance_s) and submit."""
+        tol = self.node.ncfg.color_sync_tolerance_s
+        ready = []
+        intr = self._intrinsics
+        if intr is None:  # depth waits (bounded) for the first camera_info
+            return
+        with self._lock:
+            color_alive = time.monotonic() - self._last_color_wall < COLOR_SILENCE_S
+            while self._depths:
+                stamp, depth = self._depths[0]
+                best = None
+                for k, (cs, _) in enumerate(self._colors):
+                    if abs(cs - stamp) <= tol and (best is None or abs(cs - stamp) < abs(self._colors[best][0] - stamp)):
+                        best = k
+                if best is not None:
+                    color = self._colors[best][1]
+                    for _ in range(best + 1):  # older colors can no longer match newer depth
+                        self._colors.popleft()
+                    self._depths.popleft()
+                    ready.append((stamp, depth, intr, color))
+                    continue
+                newest_color = self._colors[-1][0] if self._colors else -np.inf
+                if not color_alive or newest_color > stamp + tol:
+                    self._depths.popleft()  # its partner will not come: depth alone
+                    if color_alive:
+                        self.drops["color_unmatched_depth_used_alone"] += 1
+                    ready.append((stamp, depth, intr, None))
+                    continue
+                break
+        for stamp, depth, intr, color in ready:
+            self._submit(stamp, depth, intr, color)
+
+    def _submit(self, stamp, depth, intr, color) -> None:
+        if (intr.width, intr.height) != (depth.shape[1], depth.shape[0]):
+            self._drop(conv.SIZE_MISMATCH,
+                       f"depth image is {depth.shape[1]}x{depth.shape[0]} but depth/camera_info says "
+                       f"{intr.width}x{intr.height}")
+            return
+        if color is not None:
+            try:
+                conv.check_registered(depth.shape, color.shape)
+            except conv.DecodeError as e:
+                self._drop(e.reason, str(e))
+                color = None
+        try:
+            frame = RGBDFrame(depth, intr, color=color, timestamp=stamp, index=self._frame_index)
+        except (TypeError, ValueError) as e:
+            self._drop("bad_frame", str(e))
+            return
+        with self._lock:
+            self._stamps[self._frame_index] = stamp
+            if len(self._stamps) > 4 * STAMPS_KEPT:  # frames dropped inside the core
+                for k in sorted(self._stamps)[:len(self._stamps) - 2 * STAMPS_KEPT]:
+                    del self._stamps[k]
+        self._frame_index += 1
+        self.system.submit(frame)  # realtime mode: never blocks, drops oldest
+
+    def _on_pose_msg(self, msg) -> None:
+        try:
+            sample = conv.pose_sample_from_msg(msg, self.node.ncfg.pose_topic_type)
+        except conv.DecodeError as e:
+            self._drop(e.reason, str(e))
+            return
+        # (t, q) as received: the pose buffer checks the quaternion norm itself
+        if not self.system.submit_pose(sample.stamp, sample.tq):
+            self._drop(conv.BAD_POSE, "pose rejected by the pose buffer (non-finite, bad quaternion, "
+                                      "non-rigid or older than the kept window)")

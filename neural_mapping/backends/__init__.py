@@ -16,6 +16,7 @@ from neural_mapping.backends.base import MapBackend
 # only when it is chosen)
 REGISTRY = {
     "tsdf": "neural_mapping.backends.tsdf",
+    "neural": "neural_mapping.backends.neural",
 }
 
 

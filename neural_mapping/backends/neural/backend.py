@@ -1,0 +1,231 @@
+"""``backend: neural`` -- the :class:`~neural_mapping.backends.base.MapBackend` glue.
+
+Per :meth:`Backend.integrate` (the mapping thread):
+
+1. the TSDF prior fuses the frame (allocation: no bounding box; initial SDF and color;
+   the observation weight that says which voxels are observed);
+2. the feature levels allocate the same blocks;
+3. every ``neural_map_every_frames``-th frame, a mapping step (:meth:`NeuralModel.map_step`)
+   on the current frame's rays and the keyframe window, optimising only the features of the
+   blocks this frame touched (+ the decoders while they are trained); every
+   ``neural_keyframe_every_frames``-th frame becomes a keyframe;
+4. the decoded field is brought up to date: the blocks this frame touched always, plus up to
+   ``neural_field_max_blocks`` stale ones (all blocks go stale when the decoders change);
+   the returned ``slots`` are all blocks re-decoded, so the mesh cache re-meshes exactly
+   those.
+
+:meth:`Backend.field` is then a read (views of the cache; ``copy=True`` first decodes every
+stale block), :meth:`Backend.render` ray casts it with the shared ray caster, so the ICP
+tracker, meshing and occupancy work unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from neural_mapping.backends.neural.keyframes import Keyframes, frame_rays
+from neural_mapping.backends.neural.model import NeuralModel
+from neural_mapping.backends.tsdf import Backend as TSDFBackend
+from neural_mapping.grid.field import VoxelField
+from neural_mapping.grid.raycast import RaycastResult, raycast
+from neural_mapping.grid.voxel_grid import VoxelBlockGrid
+from neural_mapping.types import CameraIntrinsics, RGBDFrame, check_pose
+
+
+class Backend:
+    name = "neural"
+
+    def __init__(self, cfg):
+        self.config = cfg
+        self.prior = TSDFBackend.from_config(cfg)
+        n = cfg.neural
+        for sp in (n.neural_coarse_spacing_vox, n.neural_fine_spacing_vox, n.neural_color_spacing_vox):
+            if cfg.grid.block_size_vox % sp or cfg.grid.block_size_vox // sp < 2:
+                raise ValueError(f"neural feature spacing {sp} voxels must divide block_size_vox "
+                                 f"({cfg.grid.block_size_vox}) into at least 2")
+        self.seed = int(cfg.run.seed)
+        self.reset()
+
+    @classmethod
+    def from_config(cls, cfg) -> "Backend":
+        return cls(cfg)
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def grid(self) -> VoxelBlockGrid:
+        return self.prior.grid
+
+    @property
+    def truncation_m(self) -> float:
+        return self.prior.truncation_m
+
+    @property
+    def depth_min_m(self) -> float:
+        return self.prior.depth_min_m
+
+    @property
+    def depth_max_m(self) -> float:
+        return self.prior.depth_max_m
+
+    @property
+    def device(self) -> torch.device:
+        return self.prior.device
+
+    @property
+    def voxel_size_m(self) -> float:
+        return self.prior.voxel_size_m
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        n = self.config.neural
+        self.prior.reset()
+        self.model = NeuralModel(self.config, self.device, self.seed)
+        self.keyframes = Keyframes(n.neural_max_keyframes, n.neural_keyframe_rays)
+        self.frames = 0
+        self.timings: Dict[str, list] = {"map_ms": [], "decode_ms": []}
+        self._sdf = torch.empty(0)
+        self._ensure_cache()
+
+    def _ensure_cache(self) -> None:
+        """Per block slot of the prior grid: the decoder outputs (``_r``, ``_c``, float16), the
+        composed field (``_sdf``, ``_color``) and ``_stale`` (decoder outputs out of date)."""
+        cap, B = self.grid.capacity, self.grid.block_size
+        if self._sdf.shape[:1] == (cap,) and self._sdf.device == self.device:
+            return
+        old = self._sdf.shape[0]
+        nv, dev = B ** 3, self.device
+        new = {"_sdf": torch.ones((cap, B, B, B), device=dev),
+               "_color": torch.zeros((cap, B, B, B, 3), device=dev),
+               "_r": torch.zeros((cap, nv), dtype=torch.float16, device=dev),
+               "_c": torch.zeros((cap, nv, 3), dtype=torch.float16, device=dev),
+               "_stale": torch.ones(cap, dtype=torch.bool, device=dev)}
+        for k, t in new.items():
+            if old:
+                t[:min(old, cap)] = getattr(self, k)[:min(old, cap)]
+            setattr(self, k, t)
+
+    def configure(self, values: Dict[str, Any]) -> None:
+        """The prior's runtime values (depth range, max weight, color); the mapper reads the
+        depth range from it."""
+        self.prior.configure(values)
+
+    # ------------------------------------------------------------------ writing
+    def integrate(self, frame: RGBDFrame, T_world_cam: np.ndarray) -> Dict[str, Any]:
+        n = self.config.neural
+        T = check_pose(T_world_cam, "T_world_cam")
+        stats = self.prior.integrate(frame.depth, frame.intrinsics, T, frame.color)
+        self._ensure_cache()
+        slots = stats["slots"]
+        coords = self.grid.block_coords.index_select(0, slots)
+        self.model.allocate(coords)
+        self.frames += 1
+        rays = None
+        if slots.numel():
+            rays = frame_rays(frame.depth, frame.color, frame.intrinsics, T, self.depth_min_m,
+                              self.depth_max_m, self.device)
+            rays.blocks = coords
+        if rays is not None and rays.n and n.neural_iterations > 0 and \
+                (self.frames - 1) % n.neural_map_every_frames == 0:
+            window = self.keyframes.window(coords, n.neural_window_keyframes, self.grid)
+            replay = self.keyframes.replay(window, n.neural_replay_keyframes, self.model.generator) \
+                if n.neural_replay_fraction > 0 else []
+            out = self.model.map_step(rays, window, coords, self.prior.field(),
+                                      depth_min_m=self.depth_min_m, replay=replay)
+            self.timings["map_ms"].append(out["map_ms"])
+            if out.pop("decoders_changed"):
+                self._stale[: self.grid.num_blocks] = True
+            else:
+                self._stale[slots] = True  # their features changed
+            stats.update(out)
+        if rays is not None and rays.n and (self.frames - 1) % n.neural_keyframe_every_frames == 0:
+            self.keyframes.add(rays, self.model.generator)
+        t0 = time.perf_counter()
+        stats["frame_slots"] = slots  # the blocks this frame touched (and optimised)
+        stats["slots"] = self._refresh(slots, n.neural_field_max_blocks)
+        self.timings["decode_ms"].append(1000 * (time.perf_counter() - t0))
+        stats["decode_ms"] = self.timings["decode_ms"][-1]
+        return stats
+
+    def _refresh(self, touched: torch.Tensor, cap: int) -> torch.Tensor:
+        """Decode up to ``cap`` stale blocks (0 = all), those among ``touched`` first, then
+        compose the field of the decoded and the ``touched`` blocks (their prior changed).
+        Returns the slots whose field was rewritten."""
+        nb = self.grid.num_blocks
+        mine = touched[self._stale[touched]]
+        self._stale[mine] = False
+        others = self._stale[:nb].nonzero().squeeze(1)
+        self._stale[mine] = True
+        dec = torch.cat([mine, others])
+        if cap > 0:
+            dec = dec[:cap]
+        self._stale[dec] = False
+        others = dec[mine.numel():]
+        g = self.grid
+        for part in dec.split(2048):
+            r, c = self.model.decode_blocks(g.block_coords.index_select(0, part))
+            self._r.index_copy_(0, part, r.half())
+            self._c.index_copy_(0, part, c.half())
+        slots = torch.cat([touched, others])
+        nv = g.block_size ** 3
+        pf = self.prior.field()
+        for part in slots.split(4096):
+            ps = pf.sdf.index_select(0, part).view(-1, nv)
+            pc = None if pf.color is None else pf.color.index_select(0, part).view(-1, nv, 3)
+            s, c = self.model.compose_blocks(self._r.index_select(0, part),
+                                             self._c.index_select(0, part), ps, pc)
+            self._sdf.view(-1, nv).index_copy_(0, part, s)
+            self._color.view(-1, nv, 3).index_copy_(0, part, c)
+        return slots
+
+    # ------------------------------------------------------------------ reading
+    def field(self, copy: bool = False) -> VoxelField:
+        self._ensure_cache()
+        if copy and bool(self._stale[: self.grid.num_blocks].any()):
+            self._refresh(torch.empty(0, dtype=torch.int64, device=self.device), 0)
+        f = VoxelField(self.grid, self._sdf, self.grid.attrs["weight"], self._color, self.truncation_m)
+        return f.copy() if copy else f
+
+    def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, *,
+               depth_range: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+               color: bool = True, fast: bool = False) -> RaycastResult:
+        return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=self.depth_min_m,
+                       depth_max_m=self.depth_max_m, with_color=color, depth_range=depth_range,
+                       march_unhinted=depth_range is None, fast=fast)
+
+    def memory_bytes(self) -> int:
+        """Block pools of the prior and the feature levels, the field cache, the keyframes."""
+        total = self.grid.memory_bytes() + sum(lv.grid.memory_bytes() for lv in self.model.levels)
+        for t in (self._sdf, self._color, self._r, self._c, self._stale):
+            total += t.numel() * t.element_size()
+        for kf in self.keyframes.frames:
+            total += sum(x.numel() * x.element_size() for x in (kf.dirs, kf.depth, kf.color, kf.blocks)
+                         if x is not None)
+        return total + sum(p.numel() * 4 for p in self.model.decoders.parameters())
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> Dict[str, Any]:
+        return {"backend": self.name, "prior": self.prior.state_dict(), "model": self.model.state(),
+                "mode": self.config.neural.neural_mode, "keyframes": self.keyframes.state(),
+                "frames": self.frames}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state.get("backend") != self.name:
+            raise ValueError(f"map backend {state.get('backend')!r} cannot be loaded into a "
+                             f"{self.name!r} map")
+        if state["mode"] != self.config.neural.neural_mode:
+            raise ValueError(f"map was saved in neural_mode {state['mode']!r}, config has "
+                             f"{self.config.neural.neural_mode!r}")
+        model = NeuralModel(self.config, self.device, self.seed)
+        model.load(state["model"])  # raises ValueError before anything of ours changes
+        self.prior.load_state_dict(state["prior"])  # checks voxel and block size first
+        self.model = model
+        self.keyframes.load(state["keyframes"], self.device)
+        self.frames = int(state["frames"])
+        self._sdf = torch.empty(0)
+        self._ensure_cache()
+        self._stale[: self.grid.num_blocks] = True
+        self._refresh(torch.empty(0, dtype=torch.int64, device=self.device), 0)

@@ -288,3 +288,29 @@ def test_lost_after_consecutive_failures_keeps_the_map_and_recovers(room):
         s.submit(room[7])
         s.flush()
         assert s.trajectory[-1].status == "tracked" and s.stats()["tracking_lost"] is False
+
+
+def test_submit_leaves_the_callers_frame_untouched():
+    f = wall_frame(0)
+    with MappingSystem(cfg()) as system:
+        system.submit(f)
+        system.flush(timeout=30)
+        assert system.stats()["integrated"] == 1
+    assert f.meta == {}
+
+
+@pytest.mark.parametrize("mode", ["strict", "realtime"])
+def test_trajectory_is_bounded_in_realtime_mode(mode):
+    """A live robot keeps the last trajectory_max_poses poses; offline runs keep every pose."""
+    with MappingSystem(cfg(sync_mode=mode, trajectory_max_poses=5, frame_queue_size=64,
+                           map_queue_size=64)) as system:
+        for i in range(20):
+            system.submit(wall_frame(i))
+        system.flush(timeout=60)
+        traj = list(system.trajectory)
+        poses = system.stats()["poses"]
+    assert poses == 20
+    if mode == "strict":
+        assert [p.index for p in traj] == list(range(20))
+    else:
+        assert [p.index for p in traj] == list(range(15, 20))

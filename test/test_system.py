@@ -314,3 +314,22 @@ def test_trajectory_is_bounded_in_realtime_mode(mode):
         assert [p.index for p in traj] == list(range(20))
     else:
         assert [p.index for p in traj] == list(range(15, 20))
+
+
+def test_reconfigure_applies_runtime_fields_and_refuses_the_rest():
+    from neural_mapping.ros.node_config import RUNTIME_TUNABLE
+    from neural_mapping.config import MappingConfig as MC
+    from neural_mapping.system.mapping_system import RUNTIME_FIELDS
+    # every core parameter the node lets change at run time is one the system can change
+    assert RUNTIME_TUNABLE & set(MC().to_flat()) <= RUNTIME_FIELDS
+    with MappingSystem(cfg()) as system:
+        system.reconfigure({"depth_max_m": 0.5})
+        assert system.backend.depth_max_m == 0.5 and system.config.integration.depth_max_m == 0.5
+        system.submit(wall_frame(0, z=1.0))  # the wall is beyond the new range: nothing fused
+        system.flush(timeout=30)
+        assert system.stats()["integrated"] == 1 and system.backend.grid.num_blocks == 0
+        with pytest.raises(ValueError, match="depth_min_m"):
+            system.reconfigure({"depth_min_m": 0.6})  # not below depth_max_m: refused whole
+        with pytest.raises(ValueError, match="voxel_size_m"):
+            system.reconfigure({"voxel_size_m": 0.1})
+        assert system.backend.depth_min_m == 0.1 and system.config.grid.voxel_size_m == 0.05

@@ -26,13 +26,14 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, Iterator, Optional
+from typing import Callable, Deque, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -47,6 +48,15 @@ from neural_mapping.system.step import Mapper, ModelPrediction
 from neural_mapping.types import RGBDFrame
 
 log = logging.getLogger(__name__)
+
+# what reconfigure() may change (besides every TrackingConfig field: the tracker is rebuilt)
+RUNTIME_FIELDS = frozenset({"depth_min_m", "depth_max_m", "max_weight", "integrate_color",
+                            "pose_wait_timeout_s", "lost_after_failures"})
+
+
+def _field_names(section) -> List[str]:
+    return [f.name for f in dataclasses.fields(section)]
+
 
 class WorkerError(RuntimeError):
     """A tracking or mapping worker died; the original exception is ``__cause__``."""
@@ -238,9 +248,15 @@ class MappingSystem:
         self._request(do_reset).result(timeout)
 
     def reconfigure(self, values: Dict[str, object], timeout: Optional[float] = 30.0) -> MappingConfig:
-        """Change config values at run time (flat names, e.g. ``{"depth_max_m": 2.5}``).
+        """Change config values at run time (flat names, e.g. ``{"depth_max_m": 2.5}``): the
+        depth range, fusion weights and color, pose waiting and failure handling
+        (:data:`RUNTIME_FIELDS`) and every tracking setting.
         Validated as a whole first (``ValueError`` with the reason; nothing changes); applied by
         the mapping thread before the next integration.  Returns the new config."""
+        fixed = sorted(set(values) - RUNTIME_FIELDS - set(_field_names(self.config.tracking)))
+        if fixed:
+            raise ValueError(f"{fixed} cannot change while the system runs (the map's structure, "
+                             "threads and queues are fixed at start-up)")
         new = MappingConfig.from_flat(dict(values), base=self.config)
         old_flat = self.config.to_flat()
         changed = {k: v for k, v in new.to_flat().items() if old_flat[k] != v}

@@ -319,7 +319,7 @@ def test_trajectory_is_bounded_in_realtime_mode(mode):
 def test_reconfigure_applies_runtime_fields_and_refuses_the_rest():
     from neural_mapping.ros.node_config import RUNTIME_TUNABLE
     from neural_mapping.config import MappingConfig as MC
-    from neural_mapping.system.mapping_system import RUNTIME_FIELDS
+    from neural_mapping.system.step import RUNTIME_FIELDS
     # every core parameter the node lets change at run time is one the system can change
     assert RUNTIME_TUNABLE & set(MC().to_flat()) <= RUNTIME_FIELDS
     with MappingSystem(cfg()) as system:

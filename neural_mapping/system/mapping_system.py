@@ -26,14 +26,13 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, Iterator, List, Optional
+from typing import Callable, Deque, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -44,19 +43,10 @@ from neural_mapping.system.map_file import copy_tensors, map_document, read_map_
 from neural_mapping.system.external_poses import ExternalPoses
 from neural_mapping.system.pose_policy import PoseResult
 from neural_mapping.system.queues import Closed, DropOldestQueue
-from neural_mapping.system.step import Mapper, ModelPrediction
+from neural_mapping.system.step import Mapper, ModelPrediction, runtime_changes
 from neural_mapping.types import RGBDFrame
 
 log = logging.getLogger(__name__)
-
-# what reconfigure() may change (besides every TrackingConfig field: the tracker is rebuilt)
-RUNTIME_FIELDS = frozenset({"depth_min_m", "depth_max_m", "max_weight", "integrate_color",
-                            "pose_wait_timeout_s", "lost_after_failures"})
-
-
-def _field_names(section) -> List[str]:
-    return [f.name for f in dataclasses.fields(section)]
-
 
 class WorkerError(RuntimeError):
     """A tracking or mapping worker died; the original exception is ``__cause__``."""
@@ -250,16 +240,10 @@ class MappingSystem:
     def reconfigure(self, values: Dict[str, object], timeout: Optional[float] = 30.0) -> MappingConfig:
         """Change config values at run time (flat names, e.g. ``{"depth_max_m": 2.5}``): the
         depth range, fusion weights and color, pose waiting and failure handling
-        (:data:`RUNTIME_FIELDS`) and every tracking setting.
+        (``step.RUNTIME_FIELDS``) and every tracking setting.
         Validated as a whole first (``ValueError`` with the reason; nothing changes); applied by
         the mapping thread before the next integration.  Returns the new config."""
-        fixed = sorted(set(values) - RUNTIME_FIELDS - set(_field_names(self.config.tracking)))
-        if fixed:
-            raise ValueError(f"{fixed} cannot change while the system runs (the map's structure, "
-                             "threads and queues are fixed at start-up)")
-        new = MappingConfig.from_flat(dict(values), base=self.config)
-        old_flat = self.config.to_flat()
-        changed = {k: v for k, v in new.to_flat().items() if old_flat[k] != v}
+        new, changed = runtime_changes(self.config, values)
 
         def apply():
             self.mapper.reconfigure(new, changed)

@@ -333,3 +333,22 @@ def test_reconfigure_applies_runtime_fields_and_refuses_the_rest():
         with pytest.raises(ValueError, match="voxel_size_m"):
             system.reconfigure({"voxel_size_m": 0.1})
         assert system.backend.depth_min_m == 0.1 and system.config.grid.voxel_size_m == 0.05
+
+
+def test_thread_free_step_is_what_the_threads_run(room):
+    """Mapper.register_frame (no threads) over a sequence gives the same poses, bit for bit, as
+    the threaded system in strict mode with model_lag_frames 0 (frame k tracked against the map
+    of frames 0..k-1)."""
+    import torch
+    from neural_mapping.system.step import Mapper
+    c = _track_cfg(model_lag_frames=0)
+    with MappingSystem(c) as s:
+        for f in room[:10]:
+            s.submit(f)
+        s.flush()
+        threaded = np.stack([p.T_world_cam for p in s.trajectory])
+    torch.set_num_threads(c.system.torch_threads)
+    mapper = Mapper(c)
+    stepped = np.stack([mapper.register_frame(f).T_world_cam for f in room[:10]])
+    assert mapper.frames_integrated == 10
+    np.testing.assert_array_equal(stepped, threaded)

@@ -165,14 +165,14 @@ class Backend:
         self._stale[dec] = False
         others = dec[mine.numel():]
         g = self.grid
-        for part in dec.split(2048):
+        for part in (dec.split(2048) if dec.numel() else ()):
             r, c = self.model.decode_blocks(g.block_coords.index_select(0, part))
             self._r.index_copy_(0, part, r.half())
             self._c.index_copy_(0, part, c.half())
         slots = torch.cat([touched, others])
         nv = g.block_size ** 3
         pf = self.prior.field()
-        for part in slots.split(4096):
+        for part in (slots.split(4096) if slots.numel() else ()):
             ps = pf.sdf.index_select(0, part).view(-1, nv)
             pc = None if pf.color is None else pf.color.index_select(0, part).view(-1, nv, 3)
             s, c = self.model.compose_blocks(self._r.index_select(0, part),

@@ -131,7 +131,13 @@ class NeuralModel:
             sdf = sdf.view(Rn, S)
             rend = rendering.volume_render(sdf, t, valid, n.neural_sharpness,
                                            color.view(Rn, S, 3) if col is not None else None)
-            losses = rendering.mapping_losses(sdf, t, valid, D, self.truncation_m, rend, col, weights)
+            losses = rendering.mapping_losses(sdf, t, valid, D, self.truncation_m, rend, col, weights,
+                                              crossing=n.neural_depth_from_crossing)
+            if self.use_prior and n.neural_weight_residual > 0:
+                # keep the correction of the prior small where the data does not ask for one
+                reg = (r.view(Rn, S) ** 2 * valid).sum() / valid.sum().clamp_min(1)
+                losses["residual"] = reg
+                losses["total"] = losses["total"] + n.neural_weight_residual * reg
             self._dec_opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             for lf in local or ():

@@ -63,9 +63,26 @@ def volume_render(sdf: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, sharp
     return out
 
 
+def crossing_depth(sdf: torch.Tensor, t: torch.Tensor, valid: torch.Tensor):
+    """Depth of the first ``+`` to ``-`` zero crossing along each ray, linearly interpolated
+    between the two samples around it (exact for a linear SDF, differentiable in the SDF
+    values), and a mask of the rays that have one.  The bell-weighted mean depends on where
+    the jittered samples fall (up to ~0.5 cm with 8 samples over the band, measured on a
+    plane): as a depth loss that shows up as noise in the map."""
+    s0, s1 = sdf[:, :-1], sdf[:, 1:]
+    ok = (s0 > 0) & (s1 <= 0) & valid[:, :-1] & valid[:, 1:]
+    has = ok.any(dim=1)
+    i = torch.argmax(ok.to(torch.int8), dim=1, keepdim=True)  # first crossing
+    a, b = s0.gather(1, i).squeeze(1), s1.gather(1, i).squeeze(1)
+    ta, tb = t[:, :-1].gather(1, i).squeeze(1), t[:, 1:].gather(1, i).squeeze(1)
+    frac = a / (a - b).clamp_min(1e-6)
+    return ta + frac * (tb - ta), has
+
+
 def mapping_losses(sdf: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor,
                    truncation_m: float, rendered: Dict[str, torch.Tensor],
-                   color_obs: Optional[torch.Tensor], weights: Dict[str, float]) -> Dict[str, torch.Tensor]:
+                   color_obs: Optional[torch.Tensor], weights: Dict[str, float],
+                   crossing: bool = False) -> Dict[str, torch.Tensor]:
     """The weighted losses (see the module docstring); ``total`` is their sum."""
     target = (depth[:, None] - t) / truncation_m
     band = valid & (target.abs() <= 1.0)
@@ -80,7 +97,11 @@ def mapping_losses(sdf: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, dept
         "free": masked_mean((sdf - 1.0) ** 2, free.float()),
     }
     ray_ok = (vf.sum(dim=1) > 0) & (rendered["mass"] > 1e-3)
-    out["depth"] = masked_mean(((rendered["depth"] - depth) / truncation_m).abs(), ray_ok.float())
+    if crossing:
+        zc, has = crossing_depth(sdf, t, valid)
+        out["depth"] = masked_mean(((zc - depth) / truncation_m).abs(), has.float())
+    else:
+        out["depth"] = masked_mean(((rendered["depth"] - depth) / truncation_m).abs(), ray_ok.float())
     if color_obs is not None and "color" in rendered:
         out["color"] = masked_mean((rendered["color"] - color_obs).abs().mean(dim=1), ray_ok.float())
     total = sum(weights[k] * v for k, v in out.items())

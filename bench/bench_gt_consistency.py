@@ -17,6 +17,7 @@ Prints a table and writes bench/results/gt_consistency.json.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -34,7 +35,7 @@ from neural_mapping.geometry import pose_distance  # noqa: E402
 from neural_mapping.tracking.tracker import Tracker  # noqa: E402
 from neural_mapping.backends import get_backend  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data"))
 SEQUENCES = {"7scenes": DATA / "7scenes_redkitchen", "tum": DATA / "tum_fr1_xyz", "synthetic": "synthetic"}
 
 

@@ -241,7 +241,7 @@ def stats_ms(times):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "7scenes_redkitchen")
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data")) / "7scenes_redkitchen")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--voxel-sizes", type=float, nargs="+", default=[0.01, 0.02, 0.05])
     ap.add_argument("--trunc-vox", type=float, default=4.0, help="truncation in voxels (both)")
@@ -299,7 +299,7 @@ def main():
         run["ours_blocks"] = vol.grid.num_blocks
         if extract_mesh is not None and not args.no_mesh:
             t0 = time.perf_counter()
-            mesh = extract_mesh(vol.grid)
+            mesh = extract_mesh(vol.field())
             run["ours_mesh_s"] = time.perf_counter() - t0
             tri = getattr(mesh, "triangles", None)
             if tri is None and isinstance(mesh, (tuple, list)):

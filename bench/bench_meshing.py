@@ -375,7 +375,7 @@ def _print_incremental(run) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "7scenes_redkitchen")
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data")) / "7scenes_redkitchen")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--voxel-size-m", type=float, default=0.02)
     ap.add_argument("--truncation-vox", type=float, default=4.0)

@@ -32,6 +32,7 @@ Prints a table and writes ``bench/results/neural_<device>.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -50,7 +51,7 @@ from neural_mapping.geometry import inv_pose  # noqa: E402
 from neural_mapping.io.evaluation import mesh_to_mesh_distances, trajectory_metrics  # noqa: E402
 from neural_mapping.system.mapping_system import MappingSystem  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data"))
 MODES = {"neural": {"backend": "neural"}, "imap": {"backend": "neural", "neural_mode": "imap"},
          "tsdf": {"backend": "tsdf"}}
 

@@ -60,7 +60,7 @@ def timed(fn, repeats):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "7scenes_redkitchen"))
+    ap.add_argument("--data", default=str(Path(os.environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data")) / "7scenes_redkitchen"))
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--voxel-sizes", type=float, nargs="+", default=[0.01, 0.02, 0.05])
     ap.add_argument("--device", default="cpu")

@@ -17,6 +17,7 @@ Prints a table and writes bench/results/refine.json.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -33,7 +34,7 @@ from neural_mapping.io.evaluation import trajectory_metrics  # noqa: E402
 from neural_mapping.geometry import so3_exp  # noqa: E402
 from neural_mapping.app.pipeline import run  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data"))
 SEQUENCES = {"7scenes": DATA / "7scenes_redkitchen", "tum": DATA / "tum_fr1_xyz"}
 
 

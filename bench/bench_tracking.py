@@ -28,6 +28,7 @@ idle machine (two cores: anything else running slows both methods).
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -45,7 +46,7 @@ from neural_mapping.io.evaluation import trajectory_metrics  # noqa: E402
 from neural_mapping.io.images import write_tum_trajectory  # noqa: E402
 from neural_mapping.system.mapping_system import MappingSystem  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data"))
 SEQUENCES = {"tum": DATA / "tum_fr1_xyz", "7scenes": DATA / "7scenes_redkitchen"}
 DEFAULT_FRAMES = {"tum": 0, "7scenes": 500}  # 0 = all
 
@@ -79,7 +80,7 @@ def run_ours(frames, gt, args) -> Dict[str, object]:
     cfg = MappingConfig.from_flat({
         "voxel_size_m": args.voxel, "depth_max_m": args.depth_max, "pose_source": "track",
         "sync_mode": "realtime" if args.live else "strict", "model_lag_frames": args.lag,
-        "torch_threads": args.threads, "device": "cpu", "frame_queue_size": 2,
+        "torch_threads": args.threads, "device": args.device, "frame_queue_size": 2,
         "tracking_width_px": args.base_width, "tracking_model_width_px": args.model_width,
         "tracking_point_stride": args.point_stride, "block_size_vox": args.block_size})
     system = MappingSystem(cfg)
@@ -174,6 +175,7 @@ def main(argv=None):
     ap.add_argument("--no-open3d", action="store_true")
     ap.add_argument("--no-ours", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (ours; Open3D uses its default, all cores)")
+    ap.add_argument("--device", default="cpu", help="ours: cpu (default) or cuda")
     ap.add_argument("--save-poses", metavar="DIR", help="write TUM trajectories (ours, open3d, gt) here")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tracking.json"))
     args = ap.parse_args(argv)

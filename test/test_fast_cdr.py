@@ -2,7 +2,6 @@
 and through a real DDS publisher/subscriber pair."""
 
 import logging
-import random
 import time
 
 import numpy as np
@@ -10,14 +9,14 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (PyPI ROS 2 wheels) is not installed")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
-from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from nav_msgs.msg import Path  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
+import _ros_harness  # noqa: E402
+from _ros_harness import spin_until  # noqa: E402
 from neural_mapping.ros import conversions as cv  # noqa: E402
 from neural_mapping.ros import cdr_markers  # noqa: E402
 from neural_mapping.ros import fast_cdr as fc  # noqa: E402
@@ -278,23 +277,8 @@ def test_compare_detects_differences():
 # ------------------------------------------------------------------------------ DDS
 @pytest.fixture(scope="module")
 def ros_node():
-    ctx = Context()
-    rclpy.init(args=[], context=ctx, domain_id=random.randint(100, 200))
-    node = rclpy.create_node("fast_cdr_test", context=ctx, start_parameter_services=False,
-                             enable_rosout=False)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    yield node, ex
-    ex.shutdown()
-    node.destroy_node()
-    rclpy.shutdown(context=ctx)
-
-
-def _spin_until(ex, cond, timeout=20.0):
-    end = time.monotonic() + timeout
-    while not cond() and time.monotonic() < end:
-        ex.spin_once(timeout_sec=0.02)
-    return cond()
+    with _ros_harness.ros_node("fast_cdr_test") as (node, ex):
+        yield node, ex
 
 
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -313,13 +297,13 @@ def test_publish_bytes_over_dds(ros_node):
     node.create_subscription(MarkerArray, "fast_cdr/mesh", got["mesh"].append, MAP_QOS)
     node.create_subscription(MarkerArray, "fast_cdr/mesh", got["mesh_raw"].append, MAP_QOS, raw=True)
     node.create_subscription(PointCloud2, "fast_cdr/cloud", got["cloud"].append, MAP_QOS)
-    assert _spin_until(ex, lambda: pub_mesh.get_subscription_count() == 2 and
+    assert spin_until(ex, lambda: pub_mesh.get_subscription_count() == 2 and
                        pub_cloud.get_subscription_count() == 1), "DDS discovery failed"
     fast = fc.marker_array_bytes(chunks, [77], frame_id="map", stamp=5.5, ns="mesh")
     assert isinstance(fast, bytes)  # Publisher.publish only takes exactly bytes
     pub_mesh.publish(fast)
     pub_cloud.publish(fc.pointcloud2_bytes(cloud_v, rgb=cloud_c, frame_id="map", stamp=5.5))
-    assert _spin_until(ex, lambda: all(got.values())), {k: len(v) for k, v in got.items()}
+    assert spin_until(ex, lambda: all(got.values())), {k: len(v) for k, v in got.items()}
     assert_markers_equal(got["mesh"][0], slow)
     assert got["mesh_raw"][0] == fast  # the subscriber sees exactly the bytes we wrote
     assert_markers_equal(deserialize_message(got["mesh_raw"][0], MarkerArray), slow)
@@ -339,7 +323,7 @@ def test_triangle_throughput_300k_vertices(ros_node, capsys):
     pub = node.create_publisher(MarkerArray, "fast_cdr/mesh300k", MAP_QOS)
     node.create_subscription(MarkerArray, "fast_cdr/mesh300k",
                              lambda b: received.append(time.perf_counter()), MAP_QOS, raw=True)
-    assert _spin_until(ex, lambda: pub.get_subscription_count() == 1)
+    assert spin_until(ex, lambda: pub.get_subscription_count() == 1)
     rows = []
     for i in range(5):
         t0 = time.perf_counter()
@@ -347,7 +331,7 @@ def test_triangle_throughput_300k_vertices(ros_node, capsys):
         t1 = time.perf_counter()
         pub.publish(b)
         t2 = time.perf_counter()
-        assert _spin_until(ex, lambda: len(received) == i + 1)
+        assert spin_until(ex, lambda: len(received) == i + 1)
         rows.append((t1 - t0, t2 - t1, received[-1] - t0))
     # many small markers (one per map block): 5000 blocks x 20 triangles, packed form
     blocks_v, blocks_c = _mesh(5000 * 60, seed=7)

@@ -3,20 +3,17 @@ with rclpy (ids, points, colors, deletes), against the slow object-built message
 byte budget, replayed into a subscriber-side marker store that must equal the current mesh,
 and received over DDS."""
 
-import random
-import time
 
 import numpy as np
 import pytest
 import torch
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (PyPI ROS 2 wheels) is not installed")
-from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
+from _ros_harness import ros_node, spin_until  # noqa: E402
 from neural_mapping.grid.field import FIELD_ATTRIBUTES, VoxelField  # noqa: E402
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid  # noqa: E402
 from neural_mapping.products.meshing import MeshCache, MeshUpdate  # noqa: E402
@@ -257,31 +254,16 @@ def test_mesh_bytes_over_dds():
     state = MeshPublisherState(max_bytes_per_update=None)
     state.apply(remesh(cache, field, (0.0, 0.0, 0.0), 0.4))
     data = state.next_message(stamp=1.0)
-    ctx = Context()
-    rclpy.init(args=[], context=ctx, domain_id=random.randint(100, 200))
-    node = rclpy.create_node("mesh_publisher_test", context=ctx, start_parameter_services=False,
-                             enable_rosout=False)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    try:
+    with ros_node("mesh_publisher_test") as (node, ex):
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
         got = []
         pub = node.create_publisher(MarkerArray, "mesh_test", qos)
         node.create_subscription(MarkerArray, "mesh_test", got.append, qos)
-        end = time.monotonic() + 20
-        while pub.get_subscription_count() == 0 and time.monotonic() < end:
-            ex.spin_once(timeout_sec=0.02)
-        assert pub.get_subscription_count() == 1, "DDS discovery failed"
+        assert spin_until(ex, lambda: pub.get_subscription_count() == 1), "DDS discovery failed"
         pub.publish(data)
-        while not got and time.monotonic() < end:
-            ex.spin_once(timeout_sec=0.02)
-        assert got, "nothing received"
+        assert spin_until(ex, lambda: got), "nothing received"
         sub = Subscriber()
         sub.receive(serialize_message(got[0]))
         assert_subscriber_matches(sub, state, cache)
         assert got[0] == deserialize_message(data, MarkerArray)
-    finally:
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)

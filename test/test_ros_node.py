@@ -9,6 +9,8 @@ call the services and stop the node with SIGINT (exit 0, threads joined, no trac
   layout/QoS variants and the bad-message test: 32FC1 with NaN, padded ``step``, big-endian
   data, bgr8, a best-effort (SensorDataQoS) and a reliable publisher; each variant's mesh
   (``~/save_mesh``) must equal the 16UC1/rgb8 reference mesh of the same frames;
+* ``test_node_neural_backend_tracks_publishes_and_round_trips_the_map`` -- ``backend: neural``,
+  track mode: poses, mesh, save_map / reset / load_map;
 * ``test_node_drops_bad_messages`` -- wrong encoding, size mismatch, ``K[0] = 0``, NaN pose:
   dropped, counted per reason in /diagnostics, logged once per reason, good frames still
   mapped afterwards.
@@ -343,6 +345,33 @@ def test_node_track_without_pose_topic(tmp_path, redkitchen):
 
 # ------------------------------------------- one node for layouts, QoS and bad messages
 N_VARIANT = 10
+
+
+# ------------------------------------------------------------------ neural backend
+def test_node_neural_backend_tracks_publishes_and_round_trips_the_map(tmp_path, redkitchen):
+    """``backend: neural`` in the same node: frames tracked against the neural map's render,
+    the mesh of its decoded field published, save_map / reset / load_map restore it."""
+    from std_srvs.srv import Trigger
+    n = 12
+    frames = load_frames(redkitchen, N_FRAMES)[::3][:n]
+    out = tmp_path / "out"
+    h = Harness(tmp_path, node_params(out, backend="neural", pose_source="track"))
+    try:
+        missing = h.send_lockstep(frames, STAMP0, with_pose=False, resend_after=60.0, tries=1)
+        assert len(missing) <= 1, (missing, last_diag(h.diags), h.logs()[-3000:])
+        d = h.wait_idle(n - len(missing))
+        assert dget(d, "blocks") > 50, d
+        assert all(p.header.frame_id == "map" for p in h.poses)
+        assert h.spin_until(lambda: mesh_points(h.meshes) > 1000, 60), h.logs()[-3000:]
+        blocks = dget(d, "blocks")
+        assert h.call(Trigger, "/neural_mapping/save_map").success
+        assert h.call(Trigger, "/neural_mapping/reset").success
+        h.diag_after(lambda d: dget(d, "blocks") == 0)
+        res = h.call(Trigger, "/neural_mapping/load_map")
+        assert res.success, res.message
+        h.diag_after(lambda d: dget(d, "blocks") == blocks)
+    finally:
+        h.stop_and_check()
 
 
 @pytest.fixture(scope="module")

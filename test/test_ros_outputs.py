@@ -2,7 +2,7 @@
 ESDF slice, occupied voxels, and their services."""
 
 import random
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -14,8 +14,10 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
+from _ros_harness import spin_until  # noqa: E402
 from neural_mapping.config import MappingConfig  # noqa: E402
 from neural_mapping.datasets import SyntheticRoom  # noqa: E402
+from neural_mapping.products import occupancy as occ  # noqa: E402
 from neural_mapping.products.occupancy import load_nav2_map  # noqa: E402
 from neural_mapping.ros.fast_cdr import pointcloud2_to_array  # noqa: E402
 from neural_mapping.ros.outputs import MAP_QOS, MESH_QOS, MapOutputs  # noqa: E402
@@ -74,13 +76,6 @@ def setup(tmp_path):
     node.destroy_node()
     client.destroy_node()
     rclpy.try_shutdown(context=ctx)
-
-
-def spin_until(ex, cond, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not cond():
-        ex.spin_once(timeout_sec=0.05)
-    return cond()
 
 
 def test_map_outputs_over_dds(setup, tmp_path):
@@ -151,3 +146,57 @@ def test_map_outputs_over_dds(setup, tmp_path):
     assert store.messages[n_before].markers[0].action == Marker.DELETEALL
     assert spin_until(ex, lambda: not outputs.mesh_state.has_pending(), 30)
     assert store.triangles() == len(system.mesh().triangles)
+
+
+def _lock_free(system) -> bool:
+    """Whether another thread can take the map lock right now (the mapping thread could)."""
+    got = []
+
+    def take():
+        ok = system.map_lock.acquire(timeout=2.0)
+        got.append(ok)
+        if ok:
+            system.map_lock.release()
+    t = threading.Thread(target=take)
+    t.start()
+    t.join()
+    return got[0]
+
+
+def test_heavy_outputs_work_on_snapshots_outside_the_map_lock(setup, monkeypatch):
+    """Occupancy (+ costmap, ESDF) and occupied voxels are computed from a private copy of
+    the map while the mapping thread stays free to integrate, and only once per map version."""
+    system, outputs, client, ex = setup
+    room = SyntheticRoom(num_frames=240, width=320, height=240, seed=0)
+    feed(system, room, range(0, 10))
+    calls = []
+    real_update, real_voxels = occ.OccupancyMap2D.update, occ.occupied_voxels
+
+    def spy(kind, field):
+        with system.read_map() as live:
+            private = field.sdf.data_ptr() != live.sdf.data_ptr()
+        calls.append((kind, _lock_free(system), private, system.version))
+
+    def update(self, field, *a, **kw):
+        spy("occupancy", field)
+        return real_update(self, field, *a, **kw)
+
+    def voxels(field, *a, **kw):
+        spy("voxels", field)
+        return real_voxels(field, *a, **kw)
+    monkeypatch.setattr(occ.OccupancyMap2D, "update", update)
+    monkeypatch.setattr(occ, "occupied_voxels", voxels)
+
+    grids, voxel_msgs, costs = [], [], []
+    client.create_subscription(OccupancyGrid, "/neural_mapping/occupancy", grids.append, MAP_QOS)
+    client.create_subscription(OccupancyGrid, "/neural_mapping/costmap", costs.append, MAP_QOS)
+    client.create_subscription(PointCloud2, "/neural_mapping/occupied_voxels", voxel_msgs.append, MAP_QOS)
+    assert spin_until(ex, lambda: grids and costs and voxel_msgs)
+    spin_until(ex, lambda: False, 1.0)  # 20 more timer ticks each, the map unchanged
+    assert sorted(k for k, *_ in calls) == ["occupancy", "voxels"], calls  # once per version
+    assert all(free and private for _, free, private, _ in calls), calls
+
+    feed(system, room, range(10, 14))  # a new version: computed again
+    assert spin_until(ex, lambda: len(calls) == 4)
+    spin_until(ex, lambda: False, 0.5)
+    assert len(calls) == 4 and all(free and private for _, free, private, _ in calls), calls

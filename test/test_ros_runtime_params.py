@@ -4,7 +4,6 @@ are rejected with their reason and leave the value, valid ones reach the map (th
 integrated frame honours them) and the node's own settings (timer rates)."""
 
 import random
-import time
 
 import numpy as np
 import pytest
@@ -15,17 +14,11 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
+from _ros_harness import spin_until  # noqa: E402
 from neural_mapping.datasets.seven_scenes import SevenScenes  # noqa: E402
 from neural_mapping.ros.node import MappingNode  # noqa: E402
 
 NEW_DEPTH_MAX_M = 1.5
-
-
-def spin_until(ex, cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not cond():
-        ex.spin_once(timeout_sec=0.05)
-    return cond()
 
 
 @pytest.fixture

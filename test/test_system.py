@@ -288,3 +288,67 @@ def test_lost_after_consecutive_failures_keeps_the_map_and_recovers(room):
         s.submit(room[7])
         s.flush()
         assert s.trajectory[-1].status == "tracked" and s.stats()["tracking_lost"] is False
+
+
+def test_submit_leaves_the_callers_frame_untouched():
+    f = wall_frame(0)
+    with MappingSystem(cfg()) as system:
+        system.submit(f)
+        system.flush(timeout=30)
+        assert system.stats()["integrated"] == 1
+    assert f.meta == {}
+
+
+@pytest.mark.parametrize("mode", ["strict", "realtime"])
+def test_trajectory_is_bounded_in_realtime_mode(mode):
+    """A live robot keeps the last trajectory_max_poses poses; offline runs keep every pose."""
+    with MappingSystem(cfg(sync_mode=mode, trajectory_max_poses=5, frame_queue_size=64,
+                           map_queue_size=64)) as system:
+        for i in range(20):
+            system.submit(wall_frame(i))
+        system.flush(timeout=60)
+        traj = list(system.trajectory)
+        poses = system.stats()["poses"]
+    assert poses == 20
+    if mode == "strict":
+        assert [p.index for p in traj] == list(range(20))
+    else:
+        assert [p.index for p in traj] == list(range(15, 20))
+
+
+def test_reconfigure_applies_runtime_fields_and_refuses_the_rest():
+    from neural_mapping.ros.node_config import RUNTIME_TUNABLE
+    from neural_mapping.config import MappingConfig as MC
+    from neural_mapping.system.step import RUNTIME_FIELDS
+    # every core parameter the node lets change at run time is one the system can change
+    assert RUNTIME_TUNABLE & set(MC().to_flat()) <= RUNTIME_FIELDS
+    with MappingSystem(cfg()) as system:
+        system.reconfigure({"depth_max_m": 0.5})
+        assert system.backend.depth_max_m == 0.5 and system.config.integration.depth_max_m == 0.5
+        system.submit(wall_frame(0, z=1.0))  # the wall is beyond the new range: nothing fused
+        system.flush(timeout=30)
+        assert system.stats()["integrated"] == 1 and system.backend.grid.num_blocks == 0
+        with pytest.raises(ValueError, match="depth_min_m"):
+            system.reconfigure({"depth_min_m": 0.6})  # not below depth_max_m: refused whole
+        with pytest.raises(ValueError, match="voxel_size_m"):
+            system.reconfigure({"voxel_size_m": 0.1})
+        assert system.backend.depth_min_m == 0.1 and system.config.grid.voxel_size_m == 0.05
+
+
+def test_thread_free_step_is_what_the_threads_run(room):
+    """Mapper.register_frame (no threads) over a sequence gives the same poses, bit for bit, as
+    the threaded system in strict mode with model_lag_frames 0 (frame k tracked against the map
+    of frames 0..k-1)."""
+    import torch
+    from neural_mapping.system.step import Mapper
+    c = _track_cfg(model_lag_frames=0)
+    with MappingSystem(c) as s:
+        for f in room[:10]:
+            s.submit(f)
+        s.flush()
+        threaded = np.stack([p.T_world_cam for p in s.trajectory])
+    torch.set_num_threads(c.system.torch_threads)
+    mapper = Mapper(c)
+    stepped = np.stack([mapper.register_frame(f).T_world_cam for f in room[:10]])
+    assert mapper.frames_integrated == 10
+    np.testing.assert_array_equal(stepped, threaded)

@@ -152,9 +152,9 @@ def _fmt(v, unit="", digits=2) -> str:
 
 def offline_config(args, command: str) -> Optional[MappingConfig]:
     """Defaults, then ``--config`` YAML, then flags, then ``--out``; None (printed) if invalid.
-    Offline runs are deterministic by default: ``sync_mode: strict``."""
+    Offline runs are deterministic by default (the config's ``sync_mode: strict``)."""
     try:
-        base = MappingConfig.from_flat({"sync_mode": "strict"})
+        base = MappingConfig()
         if args.config:
             base = MappingConfig.from_yaml(args.config, base)
         cfg = config_from_args(args, base)

@@ -1,7 +1,7 @@
 """Offline mapping pipeline: dataset in, map + trajectory + metrics + pictures out.
 
 The same core as the ROS node (:class:`~neural_mapping.system.mapping_system.MappingSystem`),
-fed from a dataset; the CLI asks for ``strict`` sync mode (every frame tracked then
+fed from a dataset, in the config's default ``strict`` sync mode (every frame tracked then
 integrated, in order: deterministic).  :func:`run` reads as a table of contents::
 
     ds = open_input(dataset)                     # synthetic / 7-Scenes / TUM / rosbag2

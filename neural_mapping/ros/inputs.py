@@ -45,6 +45,10 @@ COLOR_SILENCE_S = 1.0  # no color for this long (wall clock): depth goes on alon
 STAMPS_KEPT = 1000     # submitted frames whose stamp waits for pop_stamp (x4 at most)
 
 
+def _stamped(decode, msg: Image) -> Tuple[float, np.ndarray]:
+    return conv.stamp_to_sec(msg.header.stamp), decode(msg)
+
+
 class FrameInputs:
     """Subscriptions, decoding, depth/color pairing and input drop counts of ``node`` (which
     provides ``ncfg``, ``cfg`` and logging), frames into ``system``."""
@@ -95,32 +99,29 @@ class FrameInputs:
         return first
 
     def _log_drop(self, reason: str, message: str) -> None:
-        self.node.get_logger().warning(f"dropping input ({reason}): {message} "
-                                  "[logged once per reason; counts in /diagnostics as "
-                                  f"input_dropped_{reason}]")
+        self.node.get_logger().warning(f"dropping input ({reason}): {message} [logged once per "
+                                       f"reason; counts in /diagnostics as input_dropped_{reason}]")
+
+    def _decode(self, decode, *args):
+        """``decode(*args)``, or None after counting the drop if the message does not decode."""
+        try:
+            return decode(*args)
+        except conv.DecodeError as e:
+            self._drop(e.reason, str(e))
+            return None
 
     # ------------------------------------------------------------------ callbacks
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        try:
-            intr = conv.intrinsics_from_camera_info(msg)
-        except conv.DecodeError as e:
-            self._drop(e.reason, str(e))
+        intr = self._decode(conv.intrinsics_from_camera_info, msg)
+        if intr is None:
             return
         self._intrinsics = intr
         if not self.camera_frame and msg.header.frame_id:
             self.camera_frame = msg.header.frame_id
         self._pair()  # depth images may be waiting for their first camera_info
 
-    def _decode_image(self, msg: Image, decode) -> Optional[Tuple[float, np.ndarray]]:
-        """``(stamp_s, decode(msg))``, or None after counting the drop if it does not decode."""
-        try:
-            return conv.stamp_to_sec(msg.header.stamp), decode(msg)
-        except conv.DecodeError as e:
-            self._drop(e.reason, str(e))
-            return None
-
     def _on_depth(self, msg: Image) -> None:
-        decoded = self._decode_image(msg, conv.depth_from_msg)
+        decoded = self._decode(_stamped, conv.depth_from_msg, msg)
         if decoded is None:
             return
         if not self.camera_frame and msg.header.frame_id:
@@ -142,7 +143,7 @@ class FrameInputs:
         self._pair()
 
     def _on_color(self, msg: Image) -> None:
-        decoded = self._decode_image(msg, conv.color_from_msg)
+        decoded = self._decode(_stamped, conv.color_from_msg, msg)
         if decoded is None:
             return
         with self._lock:
@@ -211,10 +212,8 @@ class FrameInputs:
         self.system.submit(frame)  # realtime mode: never blocks, drops oldest
 
     def _on_pose_msg(self, msg) -> None:
-        try:
-            sample = conv.pose_sample_from_msg(msg, self.node.ncfg.pose_topic_type)
-        except conv.DecodeError as e:
-            self._drop(e.reason, str(e))
+        sample = self._decode(conv.pose_sample_from_msg, msg, self.node.ncfg.pose_topic_type)
+        if sample is None:
             return
         # (t, q) as received: the pose buffer checks the quaternion norm itself
         if not self.system.submit_pose(sample.stamp, sample.tq):

@@ -133,6 +133,8 @@ class MappingNode(Node):
 
     def _apply_parameters(self, cfg: MappingConfig, ncfg: NodeConfig, names) -> None:
         """Apply a validated runtime parameter change (raising rejects it, with the reason)."""
+        if not names:  # rclpy's own parameters (use_sim_time)
+            return
         core = {k: v for k, v in cfg.to_flat().items() if k in names}
         if core:
             self.system.reconfigure(core)  # ValueError: rejected; else the next frame uses it

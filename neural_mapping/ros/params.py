@@ -1,4 +1,4 @@
-"""ROS parameters generated from the typed config (``neural_mapping/config.py``).
+"""ROS parameters generated from the typed config (``neural_mapping/config/``).
 
 Two dataclass families declare every parameter, both with :func:`neural_mapping.config.param`:
 
@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from neural_mapping.config import MappingConfig, check_value, coerce, leaf_fields
+from neural_mapping.config import MappingConfig, check_value, coerce, field_type, leaf_fields
 from neural_mapping.ros.node_config import (INPUT_QOS, NODE_CORE_DEFAULTS,  # noqa: F401 (API)
                                             POSE_TOPIC_TYPES, RUNTIME_TUNABLE, NodeConfig,
                                             node_core_defaults)
@@ -53,11 +53,6 @@ _DBL = sys.float_info.max
 
 class ParameterConfigError(ValueError):
     """Invalid parameter values (the message lists every problem and how to set them)."""
-
-
-def _type_of(f: dataclasses.Field) -> type:
-    """Python type of a config field (what the config's own ``coerce`` turns its default into)."""
-    return type(coerce(f, f.default))
 
 
 def node_leaf_fields() -> List[dataclasses.Field]:
@@ -116,7 +111,7 @@ def descriptor_for(f: dataclasses.Field, read_only: Optional[bool] = None):
     """``rcl_interfaces/ParameterDescriptor`` of a config field."""
     from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                     ParameterType)
-    t = _type_of(f)
+    t = field_type(f)
     md = f.metadata
     d = ParameterDescriptor()
     d.name = f.name
@@ -167,7 +162,7 @@ def _override_errors(node) -> List[str]:
             continue
         try:
             v = ov[f.name]
-            t = _type_of(f)
+            t = field_type(f)
             if not _type_ok(t, v):
                 raise ValueError(f"{f.name}: expected a {t.__name__}, got {v!r} "
                                  f"({type(v).__name__})")
@@ -213,7 +208,7 @@ def declare_config_parameters(node, cfg_defaults: Optional[MappingConfig] = None
     if ov is not None:  # int -> double for float parameters (YAML writes 1 for 1.0)
         for _, f in parameter_fields():
             p = ov.get(f.name)
-            if p is not None and _type_of(f) is float and p.type_ == Parameter.Type.INTEGER:
+            if p is not None and field_type(f) is float and p.type_ == Parameter.Type.INTEGER:
                 ov[f.name] = Parameter(f.name, Parameter.Type.DOUBLE, float(p.value))
     errors = _override_errors(node)
     if errors:
@@ -312,7 +307,7 @@ def default_yaml_text(cfg: Optional[MappingConfig] = None,
     values = default_yaml_dict(cfg, node_cfg)[NODE_NAME]["ros__parameters"]
     out = ["# Default parameters of the neural_mapping node (read without ROS by",
            "# neural_mapping.ros.params.load_yaml).",
-           "# Generated from neural_mapping/config.py and neural_mapping/ros/params.py by",
+           "# Generated from neural_mapping/config/ and neural_mapping/ros/params.py by",
            "#   python -m neural_mapping.ros.params --write config/default.yaml",
            "# Do not edit: test/test_ros_params.py checks that it equals the generated text.",
            "# Override in config/sensors/<sensor>.yaml, your own file, or with -p name:=value.",

@@ -17,7 +17,8 @@
   item, the tracker takes the newest frame (drops counted by reason), the trajectory keeps
   the last ``trajectory_max_poses``.
 * External poses come from ``submit_pose`` (interpolated at the frame's stamp, never
-  extrapolated) or, as long as no pose was submitted, from ``frame.pose``.
+  extrapolated) or, as long as no pose was submitted, from ``frame.pose``
+  (:mod:`~neural_mapping.system.external_poses`).
 * All waiting is on conditions/queues; no sleep-polling.
 * An exception in a worker is kept and re-raised by ``submit``/``close``/``flush``.
 """
@@ -29,8 +30,9 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, Optional
+from typing import Callable, Deque, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -38,10 +40,10 @@ import torch
 from neural_mapping.config import MappingConfig
 from neural_mapping.grid.field import VoxelField
 from neural_mapping.system.map_file import copy_tensors, map_document, read_map_document
-from neural_mapping.system.pose_buffer import PoseBuffer
+from neural_mapping.system.external_poses import ExternalPoses
 from neural_mapping.system.pose_policy import PoseResult
 from neural_mapping.system.queues import Closed, DropOldestQueue
-from neural_mapping.system.step import Mapper, ModelPrediction
+from neural_mapping.system.step import Mapper, ModelPrediction, runtime_changes
 from neural_mapping.types import RGBDFrame
 
 log = logging.getLogger(__name__)
@@ -90,8 +92,7 @@ class MappingSystem:
         self.mapper = Mapper(cfg)
         self.on_pose = on_pose
         self.on_integrated = on_integrated
-        self.pose_buffer = PoseBuffer(max_age_s=cfg.system.pose_buffer_s)
-        self._poses_submitted = False  # then frames that carry a pose use it (external modes)
+        self.external_poses = ExternalPoses(cfg.system.pose_buffer_s, self._count)
 
         self.map_lock = threading.RLock()
         self._frames_to_map = 0  # frames handed to the mapping thread (strict-mode sync)
@@ -100,7 +101,6 @@ class MappingSystem:
         # strict mode with model_lag_frames: the last few predictions, by frames_integrated
         self._models: Deque[ModelPrediction] = collections.deque(maxlen=cfg.system.model_lag_frames + 1)
         self._model_cond = threading.Condition()
-        self._pose_cond = threading.Condition()
         self._stats_lock = threading.Lock()
         self.counters: Dict[str, int] = collections.Counter()
         self.latencies: Dict[str, Deque[float]] = {
@@ -162,13 +162,7 @@ class MappingSystem:
 
     def submit_pose(self, stamp: float, T_world_cam) -> bool:
         """External pose (camera-to-world) at ``stamp`` seconds. Bad poses are dropped and counted."""
-        self._poses_submitted = True
-        ok = self.pose_buffer.add(stamp, T_world_cam)
-        if not ok:
-            self._count("dropped_bad_pose")
-        with self._pose_cond:
-            self._pose_cond.notify_all()
-        return ok
+        return self.external_poses.add(stamp, T_world_cam)
 
     def latest_pose(self) -> Optional[PoseResult]:
         return self._latest
@@ -185,10 +179,12 @@ class MappingSystem:
         self._raise_if_failed()
         return True
 
-    def read_map(self):
-        """Context manager: ``with system.read_map() as field:`` -- the live
-        :class:`~neural_mapping.grid.field.VoxelField`, consistent between integrations."""
-        return _LockedField(self.map_lock, self.mapper.backend)
+    @contextmanager
+    def read_map(self) -> Iterator[VoxelField]:
+        """``with system.read_map() as field:`` -- the live :class:`~neural_mapping.grid.field.VoxelField`,
+        consistent between integrations (the map lock is held inside the block)."""
+        with self.map_lock:
+            yield self.mapper.backend.field()
 
     def mesh(self):
         """Full mesh of the current map (numpy arrays, see ``meshing.Mesh``)."""
@@ -242,12 +238,12 @@ class MappingSystem:
         self._request(do_reset).result(timeout)
 
     def reconfigure(self, values: Dict[str, object], timeout: Optional[float] = 30.0) -> MappingConfig:
-        """Change config values at run time (flat names, e.g. ``{"depth_max_m": 2.5}``).
+        """Change config values at run time (flat names, e.g. ``{"depth_max_m": 2.5}``): the
+        depth range, fusion weights and color, pose waiting and failure handling
+        (``step.RUNTIME_FIELDS``) and every tracking setting.
         Validated as a whole first (``ValueError`` with the reason; nothing changes); applied by
         the mapping thread before the next integration.  Returns the new config."""
-        new = MappingConfig.from_flat(dict(values), base=self.config)
-        old_flat = self.config.to_flat()
-        changed = {k: v for k, v in new.to_flat().items() if old_flat[k] != v}
+        new, changed = runtime_changes(self.config, values)
 
         def apply():
             self.mapper.reconfigure(new, changed)
@@ -265,7 +261,7 @@ class MappingSystem:
         out["queue_frames"] = len(self._frame_q)
         out["queue_map"] = len(self._map_q)
         out["tracking_lost"] = self.mapper.policy.lost
-        out.update(self.pose_buffer.drops_prefixed())
+        out.update(self.external_poses.buffer.drops_prefixed())
         for k, v in self.latencies.items():
             if v:
                 arr = np.asarray(v)
@@ -283,8 +279,7 @@ class MappingSystem:
         self._threads[0].join(max(0.0, deadline - time.monotonic()))
         self._map_q.close()
         self._threads[1].join(max(0.0, deadline - time.monotonic()))
-        with self._pose_cond:
-            self._pose_cond.notify_all()
+        self.external_poses.close()
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             raise TimeoutError(f"threads {alive} did not stop within {timeout} s")
@@ -356,7 +351,7 @@ class MappingSystem:
             job = self._frame_q.get(newest=not self.strict and self.pose_source != "external")
             T_ext = None
             if self.pose_source != "track":
-                T_ext = self._external_pose(job.frame)
+                T_ext = self.external_poses.pose_for(job.frame, self.config.system.pose_wait_timeout_s)
                 if T_ext is None:
                     self._settle(-1)
                     continue
@@ -369,27 +364,6 @@ class MappingSystem:
                 self._frames_to_map += 1
             job.T_world_cam = result.T_world_cam
             self._map_q.put(job)
-
-    def _external_pose(self, frame: RGBDFrame) -> Optional[np.ndarray]:
-        """The external pose at the frame's stamp from ``submit_pose`` (waits, never
-        extrapolates, else expires: counted); a frame's own ``pose`` when no pose was ever
-        submitted (library loops over datasets)."""
-        if frame.pose is not None and not self._poses_submitted:
-            return np.asarray(frame.pose, dtype=np.float64)
-        deadline = time.monotonic() + self.config.system.pose_wait_timeout_s
-        with self._pose_cond:
-            while True:
-                status, T = self.pose_buffer.query(frame.timestamp)
-                if status == "ok":
-                    return T
-                if status != "wait":
-                    self._count(f"dropped_pose_{status}")
-                    return None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
-                    self._count("dropped_pose_expired")
-                    return None
-                self._pose_cond.wait(remaining)
 
     def _model_for_tracking(self) -> Optional[ModelPrediction]:
         with self._model_cond:
@@ -442,20 +416,3 @@ class MappingSystem:
             self._settle(-1)
             if self.on_integrated is not None:
                 self.on_integrated(item.frame.index, model.version)
-
-
-class _LockedField:
-    def __init__(self, lock, backend):
-        self._lock, self._backend = lock, backend
-
-    def __enter__(self) -> VoxelField:
-        self._lock.acquire()
-        try:
-            return self._backend.field()
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def __exit__(self, *exc):
-        self._lock.release()
-

@@ -13,9 +13,10 @@ offline loops)::
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Deque, Dict, Optional
+from typing import Deque, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,6 +25,24 @@ from neural_mapping.backends import MapBackend, get_backend
 from neural_mapping.config import MappingConfig
 from neural_mapping.system.pose_policy import PosePolicy, PoseResult
 from neural_mapping.types import RGBDFrame
+
+
+# what may change while the system runs (besides every TrackingConfig field: the tracker is
+# rebuilt); the map's structure, the threads and the queues are fixed at start-up
+RUNTIME_FIELDS = frozenset({"depth_min_m", "depth_max_m", "max_weight", "integrate_color",
+                            "pose_wait_timeout_s", "lost_after_failures"})
+
+
+def runtime_changes(config: MappingConfig, values: Dict[str, object]) -> Tuple[MappingConfig, Dict[str, object]]:
+    """``(new config, {name: value} that differ)`` for run-time changes ``values`` (flat names),
+    validated as a whole; ``ValueError`` with the reason (fields that cannot change included)."""
+    tracking = {f.name for f in dataclasses.fields(config.tracking)}
+    fixed = sorted(set(values) - RUNTIME_FIELDS - tracking)
+    if fixed:
+        raise ValueError(f"{fixed} cannot change while the system runs")
+    new = MappingConfig.from_flat(dict(values), base=config)
+    old = config.to_flat()
+    return new, {k: v for k, v in new.to_flat().items() if old[k] != v}
 
 
 @dataclass

@@ -179,7 +179,7 @@ def test_tiny_scene_converges_without_the_prior():
     untrained = _backend(**NO_PRIOR, neural_iterations=0)
     untrained.integrate(_frame(train[0]), train[0])
     assert _heldout_l1(untrained, test) > 0.5  # decoders alone, untrained: no surface at all
-    be.field(copy=True)  # decode every stale block
+    be.decode_all()  # every stale block
     l1 = _heldout_l1(be, test)
     # measured (this seed, 4 cm voxels): 2.9 cm mean (misses and silhouettes dominate), 0.5 cm median
     assert l1 < 0.035, l1
@@ -206,6 +206,7 @@ def test_save_load_round_trip_and_mismatch():
     state = torch.load(buf, weights_only=True)
     other = _backend()
     other.load_state_dict(state)
+    be.decode_all()
     a, b = be.field(copy=True), other.field(copy=True)
     assert a.grid.num_blocks == b.grid.num_blocks
     sa = a.sdf[: a.num_blocks][torch.argsort(_key(a.grid.active_coords()))]
@@ -235,6 +236,7 @@ def test_imap_mode_maps_and_reset_clears():
     be = _backend(neural_mode="imap")
     st = be.integrate(_frame(_pose()), _pose())
     assert be.model.levels == [] and "loss_total" in st
+    be.decode_all()
     assert be.field(copy=True).num_blocks > 0
     be.reset()
     assert be.grid.num_blocks == 0 and be.model.map_steps == 0

@@ -36,14 +36,14 @@ def _run(mode: str, decoders: str, replay: float = 0.25):
     for i, yaw in enumerate(A_TRAIN):
         st = be.integrate(_frame(_pose(yaw), i), _pose(yaw))
         a_blocks |= {tuple(c) for c in be.grid.block_coords[st["frame_slots"]].tolist()}
-    be.field(copy=True)
+    be.decode_all()
     test = [_pose(y) for y in A_TEST]
     before = _heldout_l1(be, test)
     for i, yaw in enumerate(B_TRAIN):
         st = be.integrate(_frame(_pose(yaw), 100 + i), _pose(yaw))
         b_blocks |= {tuple(c) for c in be.grid.block_coords[st["frame_slots"]].tolist()}
     assert not a_blocks & b_blocks  # the regions are disjoint
-    be.field(copy=True)
+    be.decode_all()
     after = _heldout_l1(be, test)
     print(f"forgetting {mode}/{decoders}/replay {replay}: A held-out L1 {100 * before:.2f} -> {100 * after:.2f} cm "
           f"(x{after / before:.2f})")

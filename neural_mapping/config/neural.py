@@ -91,5 +91,6 @@ class NeuralConfig:
     neural_field_max_blocks: int = param(
         256, "Each integration re-decodes at most this many stale blocks of the field (the "
         "current frame's first; 0 = all): the others keep their last decoded residual on the "
-        "current prior until their turn. A copy (snapshot, save) decodes every stale block.",
+        "current prior until their turn (readers never decode: they see the field as of the "
+        "last integration).",
         unit="blocks", lo=0, hi=100_000_000)

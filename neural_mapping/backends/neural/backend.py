@@ -6,17 +6,21 @@ Per :meth:`Backend.integrate` (the mapping thread):
    the observation weight that says which voxels are observed);
 2. the feature levels allocate the same blocks;
 3. every ``neural_map_every_frames``-th frame, a mapping step (:meth:`NeuralModel.map_step`)
-   on the current frame's rays and the keyframe window, optimising only the features of the
-   blocks this frame touched (+ the decoders while they are trained); every
-   ``neural_keyframe_every_frames``-th frame becomes a keyframe;
-4. the decoded field is brought up to date: the blocks this frame touched always, plus up to
-   ``neural_field_max_blocks`` stale ones (all blocks go stale when the decoders change);
-   the returned ``slots`` are all blocks re-decoded, so the mesh cache re-meshes exactly
-   those.
+   on rays of the current frame, the keyframe window and a few replayed keyframes,
+   optimising only the features of the blocks this frame touched (+ the decoders during
+   their first ``neural_decoder_steps`` steps); every ``neural_keyframe_every_frames``-th
+   frame becomes a keyframe;
+4. the field cache is brought up to date: up to ``neural_field_max_blocks`` stale blocks
+   (features or decoders changed since their last decode) are decoded, the current frame's
+   first, and the field of the decoded and the touched blocks is recomposed from the
+   current prior and the cached decoder outputs; the returned ``slots`` are exactly those
+   blocks, so the mesh cache re-meshes what changed.
 
-:meth:`Backend.field` is then a read (views of the cache; ``copy=True`` first decodes every
-stale block), :meth:`Backend.render` ray casts it with the shared ray caster, so the ICP
-tracker, meshing and occupancy work unchanged.
+:meth:`Backend.field` is then a pure read (views of the cache, or a copy of them: never a
+decode, so readers holding the map lock, e.g. the node's snapshots, never stall the mapping
+thread; :meth:`Backend.decode_all` brings every block up to date when a caller wants that), :meth:`Backend.render` ray casts it with the shared ray caster, so the ICP
+tracker (the tracking used with this backend; no tracking-by-rendering), meshing and
+occupancy work unchanged.
 """
 
 from __future__ import annotations
@@ -182,10 +186,15 @@ class Backend:
         return slots
 
     # ------------------------------------------------------------------ reading
-    def field(self, copy: bool = False) -> VoxelField:
+    def decode_all(self) -> torch.Tensor:
+        """Decode every stale block now (a writer: call it where ``integrate`` may be called);
+        returns the slots whose field changed."""
         self._ensure_cache()
-        if copy and bool(self._stale[: self.grid.num_blocks].any()):
-            self._refresh(torch.empty(0, dtype=torch.int64, device=self.device), 0)
+        return self._refresh(torch.empty(0, dtype=torch.int64, device=self.device), 0)
+
+    def field(self, copy: bool = False) -> VoxelField:
+        """The decoded field as of the last :meth:`integrate` (or :meth:`decode_all`)."""
+        self._ensure_cache()
         f = VoxelField(self.grid, self._sdf, self.grid.attrs["weight"], self._color, self.truncation_m)
         return f.copy() if copy else f
 

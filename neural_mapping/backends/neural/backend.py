@@ -195,7 +195,7 @@ class Backend:
     def field(self, copy: bool = False) -> VoxelField:
         """The decoded field as of the last :meth:`integrate` (or :meth:`decode_all`)."""
         self._ensure_cache()
-        f = VoxelField(self.grid, self._sdf, self.grid.attrs["weight"], self._color, self.truncation_m)
+        f = VoxelField(self.grid, self._sdf, self.prior.field().weight, self._color, self.truncation_m)
         return f.copy() if copy else f
 
     def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, *,

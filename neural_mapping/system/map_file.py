@@ -2,10 +2,14 @@
 
 Only tensors and plain types are stored, and files are read with
 ``torch.load(weights_only=True)``: loading a map never executes code from the file.
+Writes are atomic (:func:`write_map_document`): a crash or a kill in the middle of a save
+leaves the previous file as it was.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Dict, Sequence
 
 import numpy as np
@@ -23,6 +27,27 @@ def map_document(backend_name: str, backend_state: Dict[str, Any], config_flat: 
             "trajectory_stamps": torch.tensor([float(p.stamp) for p in trajectory], dtype=torch.float64),
             "trajectory_poses": torch.from_numpy(poses),
             "trajectory_status": [str(p.status) for p in trajectory]}
+
+
+def write_map_document(doc: Dict[str, Any], path) -> None:
+    """Write ``doc`` to ``path`` atomically: a temporary file in the same folder, flushed and
+    fsynced, then renamed over ``path`` (``os.replace``), then the folder fsynced."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(doc, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_map_document(path, backend_name: str) -> Dict[str, Any]:

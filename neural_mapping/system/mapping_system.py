@@ -39,7 +39,7 @@ import torch
 
 from neural_mapping.config import MappingConfig
 from neural_mapping.grid.field import VoxelField
-from neural_mapping.system.map_file import copy_tensors, map_document, read_map_document
+from neural_mapping.system.map_file import copy_tensors, map_document, read_map_document, write_map_document
 from neural_mapping.system.external_poses import ExternalPoses
 from neural_mapping.system.pose_policy import PoseResult
 from neural_mapping.system.queues import Closed, DropOldestQueue
@@ -214,7 +214,7 @@ class MappingSystem:
             backend = self.mapper.backend
             doc = map_document(backend.name, copy_tensors(backend.state_dict()), self.config.to_flat(),
                                self.version, list(self.trajectory))
-        torch.save(doc, str(path))
+        write_map_document(doc, path)
 
     def load(self, path, timeout: Optional[float] = 30.0) -> None:
         """Replace the map by a saved one (executed by the mapping thread).  Reading never runs

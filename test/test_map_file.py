@@ -1,0 +1,93 @@
+"""Map files are untrusted input and must survive a crash while saving.
+
+* Loading never runs code from the file: a crafted pickle that would create a file when
+  unpickled is refused (``weights_only``) and nothing runs.
+* A save killed with SIGKILL in the middle leaves the previous file loadable.
+"""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from neural_mapping.config import MappingConfig
+from neural_mapping.system import MappingSystem
+from neural_mapping.types import CameraIntrinsics, RGBDFrame
+
+INTR = CameraIntrinsics(80, 60, 60.0, 60.0, 39.5, 29.5)
+
+
+def cfg(voxel_size_m=0.05):
+    return MappingConfig.from_flat({"voxel_size_m": voxel_size_m, "initial_capacity_blocks": 256,
+                                    "device": "cpu", "pose_source": "external"})
+
+
+def wall(i, z=1.0):
+    pose = np.eye(4)
+    pose[0, 3] = 0.01 * i
+    return RGBDFrame(np.full((60, 80), z, np.float32), INTR, timestamp=i / 30.0, pose=pose, index=i)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_loading_a_crafted_map_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "map.pt"
+    with open(bad, "wb") as fh:  # what torch.load(weights_only=False) would unpickle and run
+        pickle.dump({"format": "neural_mapping.map/2", "backend": "tsdf", "map": _Exploit(marker)}, fh)
+    with MappingSystem(cfg()) as system:
+        system.submit(wall(0))
+        system.flush(timeout=30)
+        blocks = system.backend.grid.num_blocks
+        with pytest.raises(ValueError, match="not a readable neural_mapping map file"):
+            system.load(bad)
+        assert system.backend.grid.num_blocks == blocks > 0  # the map is untouched
+    assert not marker.exists()
+
+
+def test_a_save_killed_midway_leaves_the_previous_map(tmp_path):
+    path = tmp_path / "map.pt"
+    child = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+        from test_map_file import cfg, wall
+        from neural_mapping.system import MappingSystem
+        with MappingSystem(cfg(0.02)) as s:  # walls at 20 depths: a map of ~10 MB
+            for i in range(20):
+                s.submit(wall(i, z=1.0 + 0.1 * i))
+            s.flush()
+            s.save({str(path)!r})
+            print("saved", s.backend.grid.num_blocks, flush=True)
+            while True:  # save again and again until killed
+                s.save({str(path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("saved"), line
+        blocks, size = int(line.split()[1]), path.stat().st_size
+        assert size > 2e6, size
+        # kill while a save is being written: the map file shorter than a whole map (written
+        # in place) or a temporary file beside it (written aside, then renamed)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if path.stat().st_size < size or any(p.suffix == ".tmp" for p in tmp_path.iterdir()):
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    with MappingSystem(cfg(0.02)) as system:
+        system.load(path)
+        assert system.backend.grid.num_blocks == blocks

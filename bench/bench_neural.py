@@ -32,7 +32,6 @@ Prints a table and writes ``bench/results/neural_<device>.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import os
 import sys

@@ -29,7 +29,7 @@ holds TSDF (tsdf, weight, color) or learned features for a neural backend.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 

@@ -145,7 +145,6 @@ def _rasterize(p: _Projection, x0: int, y0: int, W: int, H: int, device) -> torc
         key = bitmap.nonzero(as_tuple=True)[0]
         sy, key = key % S, key // S
         sx, cell = key % S, key // S
-        lx, ly = cell % W, cell // W
         for dx in range(S):
             for dy in range(S):
                 sel = (dx <= sx) & (dy <= sy)

@@ -3,8 +3,10 @@
 * Loading never runs code from the file: a crafted pickle that would create a file when
   unpickled is refused (``weights_only``) and nothing runs.
 * A save killed with SIGKILL in the middle leaves the previous file loadable.
+* A truncated or bit-flipped file is refused with a clear error; the map is kept.
 """
 
+import hashlib
 import os
 import pickle
 import signal
@@ -18,6 +20,7 @@ import pytest
 
 from neural_mapping.config import MappingConfig
 from neural_mapping.system import MappingSystem
+from neural_mapping.system.map_file import MAP_FORMAT
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
 INTR = CameraIntrinsics(80, 60, 60.0, 60.0, 39.5, 29.5)
@@ -45,8 +48,9 @@ class _Exploit:
 def test_loading_a_crafted_map_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     bad = tmp_path / "map.pt"
-    with open(bad, "wb") as fh:  # what torch.load(weights_only=False) would unpickle and run
-        pickle.dump({"format": "neural_mapping.map/2", "backend": "tsdf", "map": _Exploit(marker)}, fh)
+    # what torch.load(weights_only=False) would unpickle and run, with a valid header and checksum
+    payload = pickle.dumps({"format": MAP_FORMAT, "backend": "tsdf", "map": _Exploit(marker)})
+    bad.write_bytes(f"{MAP_FORMAT} sha256 {hashlib.sha256(payload).hexdigest()}\n".encode() + payload)
     with MappingSystem(cfg()) as system:
         system.submit(wall(0))
         system.flush(timeout=30)
@@ -91,3 +95,29 @@ def test_a_save_killed_midway_leaves_the_previous_map(tmp_path):
     with MappingSystem(cfg(0.02)) as system:
         system.load(path)
         assert system.backend.grid.num_blocks == blocks
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_payload", "flip_header", "other_format"])
+def test_damaged_map_files_are_refused_and_the_map_kept(tmp_path, damage):
+    path = tmp_path / "map.pt"
+    with MappingSystem(cfg()) as system:
+        for i in range(3):
+            system.submit(wall(i))
+        system.flush(timeout=30)
+        system.save(path)
+        data = bytearray(path.read_bytes())
+        head = data.index(b"\n")
+        if damage == "truncate":
+            data = data[: len(data) * 2 // 3]
+        elif damage == "flip_payload":
+            data[head + 1 + (len(data) - head) // 2] ^= 0x10
+        elif damage == "flip_header":
+            data[head - 1] = ord("0") if data[head - 1] != ord("0") else ord("1")
+        else:
+            data = data.replace(MAP_FORMAT.encode(), b"neural_mapping.map/1", 1)
+        path.write_bytes(bytes(data))
+        blocks = system.backend.grid.num_blocks
+        match = "format 'neural_mapping.map/1'" if damage == "other_format" else "corrupted or truncated"
+        with pytest.raises(ValueError, match=match):
+            system.load(path)
+        assert system.backend.grid.num_blocks == blocks > 0

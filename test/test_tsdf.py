@@ -360,3 +360,20 @@ def test_integrate_kernel_accepts_tensors():
     idx = grid._index
     for border in (idx[0], idx[-1], idx[:, 0], idx[:, -1], idx[:, :, 0], idx[:, :, -1]):
         assert torch.all(border == -1)
+
+
+def test_render_depth_limits_override_the_sensor_range_for_one_render():
+    """Pictures are taken from further away than the sensor's range: ``depth_limits_m`` widens
+    it for that render only (the backend's own range, used by fusion and tracking, stays)."""
+    from neural_mapping.types import CameraIntrinsics
+    K = CameraIntrinsics(80, 60, 60.0, 60.0, 39.5, 29.5)
+    vol = TSDFVolume(voxel_size_m=0.05, depth_max_m=3.0, device="cpu")
+    vol.integrate(np.full((60, 80), 2.0, np.float32), K, np.eye(4))  # a wall at z = 2 m
+    back = np.eye(4)
+    back[2, 3] = -3.0  # 5 m from the wall: beyond depth_max_m
+    assert not bool(vol.render(K, back).valid.any())
+    far = vol.render(K, back, depth_limits_m=(0.05, 8.0))
+    assert 0.12 < float(far.valid.float().mean()) < 0.2  # the wall covers (2 / 5)^2 = 16 %
+    d = far.depth[far.valid]
+    assert float((d - 5.0).abs().max()) < 0.05
+    assert (vol.depth_min_m, vol.depth_max_m) == (0.1, 3.0)

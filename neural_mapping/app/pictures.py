@@ -17,7 +17,6 @@ Every view of the map is rendered by the map backend (:meth:`MapBackend.render
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict
 
@@ -134,19 +133,6 @@ def birds_eye_view(points: np.ndarray, cam_poses: np.ndarray, width: int, height
     return K, look_at(centre + dist * direction, centre, up), dist + 2 * radius
 
 
-@contextmanager
-def _render_range(backend, depth_max_m: float):
-    """The backend renders its sensor range (``depth_min_m``..``depth_max_m``); a picture taken
-    from further away needs a longer one.  Set through the backend's own ``configure`` for the
-    rendering and restored after it (the run is over: nothing integrates meanwhile)."""
-    saved = {"depth_min_m": backend.depth_min_m, "depth_max_m": backend.depth_max_m}
-    backend.configure({"depth_min_m": VIEW_DEPTH_MIN_M, "depth_max_m": float(depth_max_m)})
-    try:
-        yield backend
-    finally:
-        backend.configure(saved)
-
-
 def _uint8(x) -> np.ndarray:
     """A raycast colour (float 0..255 tensor) or a uint8 array -> uint8 numpy."""
     if hasattr(x, "detach"):
@@ -170,8 +156,7 @@ def map_views(backend, mesh_vertices: np.ndarray, poses: np.ndarray, intrinsics:
              "view_last": (intrinsics.scaled(width_px / intrinsics.width), poses[-1], depth_max_m * 1.5)}
     files: Dict[str, Path] = {}
     for name, (K, T, dmax) in views.items():
-        with _render_range(backend, dmax):
-            rc = backend.render(K, T, color=True)
+        rc = backend.render(K, T, color=True, depth_limits_m=(VIEW_DEPTH_MIN_M, float(dmax)))
         valid = rc.valid.detach().cpu().numpy().astype(bool)[..., None]
         files[f"{name}_color"] = out_dir / f"{name}_color.png"
         files[f"{name}_shaded"] = out_dir / f"{name}_shaded.png"

@@ -53,12 +53,14 @@ class MapBackend(Protocol):
 
     def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, *,
                depth_range: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-               color: bool = True, fast: bool = False) -> RaycastResult:
+               color: bool = True, fast: bool = False,
+               depth_limits_m: Optional[Tuple[float, float]] = None) -> RaycastResult:
         """Depth / points / normals (/ color) of the map seen from ``T_world_cam`` at
-        ``intrinsics``' resolution.  ``depth_range=(near, far)`` per pixel: where the surface is
-        known to lie (rays without a hint are misses), see
-        :func:`~neural_mapping.grid.raycast.depth_range_from_depth`.  ``fast``: the tracker's
-        model view (one lookup per hit; normals and validity only)."""
+        ``intrinsics``' resolution, within the sensor's depth range (``depth_limits_m=(near,
+        far)`` overrides it for this render: pictures from further away).
+        ``depth_range=(near, far)`` per pixel: where the surface is known to lie (rays without
+        a hint are misses), see :func:`~neural_mapping.grid.raycast.depth_range_from_depth`.
+        ``fast``: the tracker's model view (one lookup per hit; normals and validity only)."""
         ...
 
     def field(self, copy: bool = False) -> VoxelField:

@@ -198,11 +198,13 @@ class Backend:
         f = VoxelField(self.grid, self._sdf, self.prior.field().weight, self._color, self.truncation_m)
         return f.copy() if copy else f
 
-    def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, *,
+    def render(self, intrinsics: CameraIntrinsics, T_world_cam, *,
                depth_range: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-               color: bool = True, fast: bool = False) -> RaycastResult:
-        return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=self.depth_min_m,
-                       depth_max_m=self.depth_max_m, with_color=color, depth_range=depth_range,
+               color: bool = True, fast: bool = False,
+               depth_limits_m: Optional[Tuple[float, float]] = None) -> RaycastResult:
+        near, far = depth_limits_m or (self.depth_min_m, self.depth_max_m)
+        return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=near, depth_max_m=far,
+                       with_color=color, depth_range=depth_range,
                        march_unhinted=depth_range is None, fast=fast)
 
     def memory_bytes(self) -> int:

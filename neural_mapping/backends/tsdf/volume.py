@@ -24,7 +24,7 @@ import torch
 from neural_mapping.backends.tsdf.integrate import integrate
 from neural_mapping.config import GridConfig, IntegrationConfig, MappingConfig
 from neural_mapping.grid.field import VoxelField
-from neural_mapping.grid.raycast import raycast
+from neural_mapping.grid.raycast import RaycastResult, raycast
 from neural_mapping.grid.sampling import trilinear
 from neural_mapping.grid.voxel_grid import TSDF_ATTRIBUTES, VoxelBlockGrid
 from neural_mapping.types import CameraIntrinsics, RGBDFrame, check_pose
@@ -129,10 +129,12 @@ class TSDFVolume:
 
     def render(self, intrinsics: CameraIntrinsics, T_world_cam, *,
                depth_range: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-               color: bool = True, fast: bool = False):
+               color: bool = True, fast: bool = False,
+               depth_limits_m: Optional[Tuple[float, float]] = None) -> RaycastResult:
         """Ray cast of the TSDF (:func:`neural_mapping.grid.raycast.raycast`)."""
-        return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=self.depth_min_m,
-                       depth_max_m=self.depth_max_m, with_color=color, depth_range=depth_range,
+        near, far = depth_limits_m or (self.depth_min_m, self.depth_max_m)
+        return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=near, depth_max_m=far,
+                       with_color=color, depth_range=depth_range,
                        march_unhinted=depth_range is None, fast=fast)
 
     def field(self, copy: bool = False) -> VoxelField:

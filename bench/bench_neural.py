@@ -124,8 +124,7 @@ def ate_cm(est: np.ndarray, gt: np.ndarray) -> float:
 def backend_memory_mb(be) -> float:
     if torch.device(be.device).type == "cuda":
         return torch.cuda.max_memory_allocated(be.device) / 2 ** 20
-    fn = getattr(be, "memory_bytes", None)
-    return (fn() if fn else be.grid.memory_bytes()) / 2 ** 20
+    return be.memory_bytes() / 2 ** 20
 
 
 # ---------------------------------------------------------------------------- one row

@@ -77,7 +77,7 @@ def collect_metrics(ds, backend, cfg: MappingConfig, stats: dict, mesh, mesh_ms:
         "mesh_triangles": int(len(mesh.triangles)),
         "voxel_size_m": backend.voxel_size_m,
         "blocks": int(backend.grid.num_blocks),
-        "memory_mb": backend.grid.memory_bytes() / 2 ** 20,
+        "memory_mb": backend.memory_bytes() / 2 ** 20,
         "device": str(backend.device),
         "backend": backend.name,
         "pose_source": cfg.run.pose_source,

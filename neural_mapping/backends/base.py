@@ -68,6 +68,10 @@ class MapBackend(Protocol):
         ``copy=True``: a private copy that later writes do not touch."""
         ...
 
+    def memory_bytes(self) -> int:
+        """Bytes the map holds (block pools, features, caches): what the map costs."""
+        ...
+
     def configure(self, values: Dict[str, Any]) -> None:
         """Apply runtime-tunable config values (flat names, already validated), e.g.
         ``{"depth_max_m": 2.5}``; keys the backend does not use are ignored."""

@@ -143,6 +143,9 @@ class TSDFVolume:
         f = VoxelField(self.grid, a["tsdf"], a["weight"], a.get("color"), self.truncation_m)
         return f.copy() if copy else f
 
+    def memory_bytes(self) -> int:
+        return self.grid.memory_bytes()
+
     def configure(self, values: Dict[str, Any]) -> None:
         """Runtime changes of ``depth_min_m``, ``depth_max_m``, ``max_weight``, ``integrate_color``
         (other keys ignored); the next :meth:`integrate` uses them."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from neural_mapping.grid.field import VoxelField
-from neural_mapping.grid.raycast import RaycastResult
+from neural_mapping.grid.raycast import RaycastResult, raycast
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
@@ -88,3 +88,15 @@ class MapBackend(Protocol):
     def reset(self) -> None:
         """Clear the map."""
         ...
+
+
+def raycast_render(backend: MapBackend, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, *,
+                   depth_range: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                   color: bool = True, fast: bool = False,
+                   depth_limits_m: Optional[Tuple[float, float]] = None) -> RaycastResult:
+    """:meth:`MapBackend.render` by the shared ray caster over ``backend.field()``, within the
+    backend's sensor range (or ``depth_limits_m``); a backend uses it as ``render = raycast_render``."""
+    near, far = depth_limits_m or (backend.depth_min_m, backend.depth_max_m)
+    return raycast(backend.field(), intrinsics, T_world_cam, depth_min_m=near, depth_max_m=far,
+                   with_color=color, depth_range=depth_range, march_unhinted=depth_range is None,
+                   fast=fast)

@@ -26,18 +26,18 @@ occupancy work unchanged.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict
 
 import numpy as np
 import torch
 
+from neural_mapping.backends.base import raycast_render
 from neural_mapping.backends.neural.keyframes import Keyframes, frame_rays
 from neural_mapping.backends.neural.model import NeuralModel
 from neural_mapping.backends.tsdf import Backend as TSDFBackend
 from neural_mapping.grid.field import VoxelField
-from neural_mapping.grid.raycast import RaycastResult, raycast
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid
-from neural_mapping.types import CameraIntrinsics, RGBDFrame, check_pose
+from neural_mapping.types import RGBDFrame, check_pose
 
 
 class Backend:
@@ -198,14 +198,7 @@ class Backend:
         f = VoxelField(self.grid, self._sdf, self.prior.field().weight, self._color, self.truncation_m)
         return f.copy() if copy else f
 
-    def render(self, intrinsics: CameraIntrinsics, T_world_cam, *,
-               depth_range: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-               color: bool = True, fast: bool = False,
-               depth_limits_m: Optional[Tuple[float, float]] = None) -> RaycastResult:
-        near, far = depth_limits_m or (self.depth_min_m, self.depth_max_m)
-        return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=near, depth_max_m=far,
-                       with_color=color, depth_range=depth_range,
-                       march_unhinted=depth_range is None, fast=fast)
+    render = raycast_render  # the shared ray caster over the decoded field
 
     def memory_bytes(self) -> int:
         """Block pools of the prior and the feature levels, the field cache, the keyframes."""

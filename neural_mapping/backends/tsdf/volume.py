@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
+from neural_mapping.backends.base import raycast_render
 from neural_mapping.backends.tsdf.integrate import integrate
 from neural_mapping.config import GridConfig, IntegrationConfig, MappingConfig
 from neural_mapping.grid.field import VoxelField
-from neural_mapping.grid.raycast import RaycastResult, raycast
 from neural_mapping.grid.sampling import trilinear
 from neural_mapping.grid.voxel_grid import TSDF_ATTRIBUTES, VoxelBlockGrid
 from neural_mapping.types import CameraIntrinsics, RGBDFrame, check_pose
@@ -127,15 +127,7 @@ class TSDFVolume:
                          depth_max_m=self.depth_max_m, max_weight=self.max_weight,
                          integrate_color=self.integrate_color, alloc_stride=self.alloc_stride)
 
-    def render(self, intrinsics: CameraIntrinsics, T_world_cam, *,
-               depth_range: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-               color: bool = True, fast: bool = False,
-               depth_limits_m: Optional[Tuple[float, float]] = None) -> RaycastResult:
-        """Ray cast of the TSDF (:func:`neural_mapping.grid.raycast.raycast`)."""
-        near, far = depth_limits_m or (self.depth_min_m, self.depth_max_m)
-        return raycast(self.field(), intrinsics, T_world_cam, depth_min_m=near, depth_max_m=far,
-                       with_color=color, depth_range=depth_range,
-                       march_unhinted=depth_range is None, fast=fast)
+    render = raycast_render  # the shared ray caster over the TSDF
 
     def field(self, copy: bool = False) -> VoxelField:
         """The TSDF itself as a :class:`VoxelField` (views of the block pool; ``copy``: private)."""

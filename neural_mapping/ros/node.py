@@ -137,7 +137,9 @@ class MappingNode(Node):
             return
         core = {k: v for k, v in cfg.to_flat().items() if k in names}
         if core:
-            self.system.reconfigure(core)  # ValueError: rejected; else the next frame uses it
+            # ValueError: rejected; else queued for the mapping thread, which applies it before
+            # the next frame (the executor does not wait for an integration)
+            self.system.reconfigure(core, wait=False)
             self.cfg = self.outputs.cfg = cfg
         if set(names) - set(core):
             self.ncfg = ncfg

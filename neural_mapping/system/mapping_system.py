@@ -16,11 +16,9 @@
   (deterministic).  ``sync_mode='realtime'`` (the ROS node): full queues drop their oldest
   item, the tracker takes the newest frame (drops counted by reason), the trajectory keeps
   the last ``trajectory_max_poses``.
-* External poses come from ``submit_pose`` (interpolated at the frame's stamp, never
-  extrapolated) or, as long as no pose was submitted, from ``frame.pose``
-  (:mod:`~neural_mapping.system.external_poses`).
-* All waiting is on conditions/queues; no sleep-polling.
-* An exception in a worker is kept and re-raised by ``submit``/``close``/``flush``.
+* External poses: :mod:`~neural_mapping.system.external_poses`.  All waiting is on
+  conditions/queues (no sleep-polling).  A worker's exception is re-raised by
+  ``submit``/``close``/``flush``.
 """
 
 from __future__ import annotations
@@ -181,8 +179,7 @@ class MappingSystem:
 
     @contextmanager
     def read_map(self) -> Iterator[VoxelField]:
-        """``with system.read_map() as field:`` -- the live :class:`~neural_mapping.grid.field.VoxelField`,
-        consistent between integrations (the map lock is held inside the block)."""
+        """``with system.read_map() as field:`` the live field, under the map lock."""
         with self.map_lock:
             yield self.mapper.backend.field()
 
@@ -237,20 +234,25 @@ class MappingSystem:
             self.trajectory.clear()
         self._request(do_reset).result(timeout)
 
-    def reconfigure(self, values: Dict[str, object], timeout: Optional[float] = 30.0) -> MappingConfig:
-        """Change config values at run time (flat names, e.g. ``{"depth_max_m": 2.5}``): the
-        depth range, fusion weights and color, pose waiting and failure handling
-        (``step.RUNTIME_FIELDS``) and every tracking setting.
-        Validated as a whole first (``ValueError`` with the reason; nothing changes); applied by
-        the mapping thread before the next integration.  Returns the new config."""
+    def reconfigure(self, values: Dict[str, object], timeout: Optional[float] = 30.0,
+                    wait: bool = True) -> MappingConfig:
+        """Change ``step.RUNTIME_FIELDS`` and tracking settings at run time (flat names, e.g.
+        ``{"depth_max_m": 2.5}``), validated as a whole (``ValueError``: nothing changes), applied
+        by the mapping thread before the next integration; ``wait=False`` returns once queued
+        (a ROS callback must not wait for an integration).  Returns the new config."""
         new, changed = runtime_changes(self.config, values)
 
         def apply():
             self.mapper.reconfigure(new, changed)
             self.config = new
         if changed:
-            self._request(apply).result(timeout)
-        return self.config
+            fut = self._request(apply)
+            if wait:
+                fut.result(timeout)
+            else:  # a failure is logged (validation above already caught the invalid)
+                fut.add_done_callback(lambda f: f.exception() and log.error(
+                    "runtime config change %s failed: %r", changed, f.exception()))
+        return new
 
     def stats(self) -> Dict[str, object]:
         with self._stats_lock:

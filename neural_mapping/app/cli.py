@@ -225,6 +225,11 @@ topics written (rosbag2, rosbags; see neural_mapping/io/bags.py):
   /camera/color/camera_info   sensor_msgs/CameraInfo
   /camera/pose                geometry_msgs/PoseStamped ground truth (frame map)
   /tf_static                  tf2_msgs/TFMessage camera_link -> camera_color_optical_frame
+as a robot records them (--color-transport compressed --depth-transport compressedDepth --poses tf):
+  /camera/color/image_raw/compressed        sensor_msgs/CompressedImage JPEG
+  /camera/depth/image_raw/compressedDepth   sensor_msgs/CompressedImage 16UC1 PNG (lossless)
+  /tf                         odom -> base_link per frame (no /camera/pose)
+  /tf_static                  base_link -> camera_link (mount) -> camera_color_optical_frame
 
 examples:
   neural-mapping make-bag ../shared/data/7scenes_redkitchen output/kitchen_bag --max-frames 300
@@ -236,10 +241,14 @@ REPLAY_EPILOG = """\
 Runs the same offline pipeline as `run` (strict sync: deterministic) straight from the
 bag, without ROS. Frames follow the depth topic; colour is paired by nearest header
 stamp within --sync-tolerance-s, the pose topic (PoseStamped, Odometry or
-TransformStamped, T_world_cam of the depth optical frame) is interpolated to the depth
-stamp, never extrapolated. A topic flag left out uses the default name, and the colour
-and pose topics are then optional; a topic named explicitly must exist (the error lists
-the bag's topics). '' disables the colour or pose topic.
+TransformStamped) is interpolated to the depth stamp, never extrapolated. Images may be
+raw (sensor_msgs/Image) or compressed (CompressedImage: jpeg/png colour, compressedDepth).
+A topic flag left out: the bag's only depth / colour / camera_info / pose topic (make-bag's
+name when there are several); with no pose topic but /tf in the bag, the depth frame's pose
+from TF in the root frame of its tree (--pose-frame to name another frame). What was chosen
+is printed. A topic named explicitly must exist (the error lists the bag's topics); ''
+disables the colour or pose topic. A pose topic of another frame than the depth image's
+(Odometry of base_link) is composed with the camera mount: --camera-mount, else the bag's TF.
 
 outputs in --out: as `run` (mesh.ply, poses.txt with the bag's header stamps, config.yaml,
 occupancy.pgm/.yaml/.png, metrics.json, trajectory.png, view_*.png).
@@ -265,6 +274,14 @@ def _add_bag_parsers(sub) -> None:
                    help="added to the dataset timestamps (default: 1700000000 when the dataset's "
                         "clock starts near 0, as 7-Scenes and synthetic; else 0)")
     b.add_argument("--no-color", action="store_true", help="write no colour topics")
+    b.add_argument("--color-transport", choices=("raw", "compressed"), default="raw",
+                   help="raw: sensor_msgs/Image rgb8 (default); compressed: CompressedImage JPEG on .../compressed")
+    b.add_argument("--depth-transport", choices=("raw", "compressedDepth"), default="raw",
+                   help="raw: sensor_msgs/Image (default); compressedDepth: PNG (lossless) on .../compressedDepth")
+    b.add_argument("--poses", choices=("topic", "tf"), default="topic",
+                   help="topic: /camera/pose PoseStamped (default); tf: odom -> base_link on /tf and the "
+                        "static mount base_link -> camera_link -> optical on /tf_static")
+    b.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="JPEG quality (default 90)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--config", metavar="YAML", default=None,
                    help="config file: its max_frames, frame_stride and seed apply; flags override it")
@@ -294,6 +311,12 @@ def _add_topic_arguments(r) -> None:
     t.add_argument("--pose-topic", default=None, metavar="TOPIC",
                    help="PoseStamped / Odometry / TransformStamped, '' for none "
                         f"(default: {POSE_TOPIC}, if present)")
+    t.add_argument("--pose-frame", default=None, metavar="FRAME",
+                   help="poses from /tf + /tf_static: the depth frame in FRAME ('' = root of its tree)")
+    t.add_argument("--camera-mount", default="", metavar="'X Y Z QX QY QZ QW'",
+                   help="pose of the depth optical frame in the pose topic's frame (m, quaternion)")
+    t.add_argument("--camera-mount-frame", default="", metavar="FRAME",
+                   help="frame --camera-mount is from, checked against child_frame_id")
     for flag, name, what in (("--sync-tolerance-s", "sync_tolerance_s",
                               "largest depth-colour stamp difference of a pair"),
                              ("--max-pose-gap-s", "max_pose_gap_s",
@@ -312,7 +335,9 @@ def cmd_make_bag(args) -> int:
         s = make_bag(args.dataset, args.bag_out, storage=args.format, max_frames=cfg.run.max_frames or None,
                      stride=cfg.run.frame_stride, depth_encoding=args.depth_encoding,
                      time_offset_s=args.time_offset_s, with_color=not args.no_color,
-                     dataset_kwargs=_dataset_kwargs(args, cfg), progress=not args.no_progress)
+                     dataset_kwargs=_dataset_kwargs(args, cfg), progress=not args.no_progress,
+                     color_transport=args.color_transport, depth_transport=args.depth_transport,
+                     poses=args.poses, jpeg_quality=args.jpeg_quality)
     except (DatasetError, ValueError, FileExistsError) as e:
         print(f"neural-mapping make-bag: {e}", file=sys.stderr)
         return 2
@@ -324,53 +349,6 @@ def cmd_make_bag(args) -> int:
     return 0
 
 
-def cmd_replay(args) -> int:
-    from neural_mapping.datasets.rosbag import RosbagDataset
-    from neural_mapping.io.bag_format import COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC, POSE_TOPIC
-    from neural_mapping.app.pipeline import run
-
-    cfg = offline_config(args, "replay")
-    if cfg is None:
-        return 2
-    # a flag left out: the default topic, optional for colour and pose; '' disables one
-    optional = [k for k, v in (("color", args.color_topic), ("pose", args.pose_topic)) if v is None]
-    color_topic = COLOR_TOPIC if args.color_topic is None else (args.color_topic or None)
-    pose_topic = POSE_TOPIC if args.pose_topic is None else (args.pose_topic or None)
-    try:
-        ds = RosbagDataset(args.bag, max_frames=cfg.run.max_frames or None, stride=cfg.run.frame_stride,
-                           depth_topic=args.depth_topic or DEPTH_TOPIC, color_topic=color_topic,
-                           camera_info_topic=args.camera_info_topic or DEPTH_INFO_TOPIC,
-                           pose_topic=pose_topic,
-                           optional=optional, sync_tolerance_s=args.sync_tolerance_s,
-                           max_pose_gap_s=args.max_pose_gap_s)
-    except (DatasetError, ValueError) as e:
-        print(f"neural-mapping replay: {e}", file=sys.stderr)
-        return 2
-    if cfg.run.pose_source in ("external", "external+refine") and ds.pose_topic is None:
-        ds.close()
-        print(f"neural-mapping replay: pose_source {cfg.run.pose_source!r} needs a pose topic and the "
-              "bag has none in use (--pose-topic TOPIC, or --pose-source track)", file=sys.stderr)
-        return 2
-    try:
-        with ds:
-            res = run(ds, cfg, progress=not args.no_progress, render_views=not args.no_views)
-    except DatasetError as e:
-        print(f"neural-mapping replay: {e}", file=sys.stderr)
-        return 2
-    m = res.metrics
-    print(f"bag            {ds.describe()}")
-    print(f"frames         {m['frames']} integrated ({m['frames_skipped_no_pose']} without pose skipped, "
-          f"{ds.dropped_no_color} depth images without colour dropped)")
-    print(f"speed          {_fmt(m['fps'], ' frames/s', 1)} end to end on {m['device']}")
-    print(f"map            {m['blocks']} blocks, mesh {m['mesh_vertices']} vertices, "
-          f"{m['mesh_triangles']} triangles")
-    if "ate_rmse_cm" in m:
-        print(f"trajectory     ATE RMSE {_fmt(m['ate_rmse_cm'], ' cm')} against the pose topic "
-              f"(pose source: {m['pose_source']})")
-    print(f"outputs        {res.out_dir}/: " + ", ".join(sorted(p.name for p in res.files.values())))
-    return 0
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -379,6 +357,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "make-bag":
         return cmd_make_bag(args)
     if args.command == "replay":
+        from neural_mapping.app.replay import cmd_replay
         return cmd_replay(args)
     return cmd_eval(args)
 

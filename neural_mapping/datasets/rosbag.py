@@ -54,11 +54,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from neural_mapping.io import msg_decode
+from neural_mapping.io import compressed
 from neural_mapping.io.bag_format import (CAMERA_INFO_TYPE, COLOR_INFO_TOPIC, COLOR_TOPIC,  # noqa: F401 (API)
                                           DEPTH_INFO_TOPIC, DEPTH_TOPIC, IMAGE_TYPE, POSE_MSG_TYPES,
-                                          POSE_TOPIC, TF_STATIC_TOPIC, header_stamp_ns_from_cdr,
-                                          is_rosbag, typestore)
-from neural_mapping.geometry import pose_at_stamp
+                                          POSE_TOPIC, TF_STATIC_TOPIC, TF_TOPIC, TF_TYPE,
+                                          header_stamp_ns_from_cdr, is_rosbag, typestore)
+from neural_mapping.datasets.rosbag_topics import IMAGE_TYPES, BagPoses
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 from neural_mapping.datasets.base import Dataset, DatasetError, select_indices, stack_poses
 from neural_mapping.datasets.tum import associate
@@ -87,14 +88,20 @@ def _as_dataset_error():
 
 
 def decode_depth(msg) -> np.ndarray:
-    """sensor_msgs/Image depth -> (H, W) float32 metres, invalid = 0 (REP-118)."""
+    """sensor_msgs/Image (REP-118) or CompressedImage (compressedDepth) depth -> (H, W)
+    float32 metres, invalid = 0."""
     with _as_dataset_error():
+        if compressed.is_compressed(msg):
+            return compressed.depth_from_compressed(msg)
         return msg_decode.depth_from_msg(msg)
 
 
 def decode_color(msg) -> np.ndarray:
-    """sensor_msgs/Image colour -> (H, W, 3) uint8 RGB (a writable copy)."""
+    """sensor_msgs/Image or CompressedImage (jpeg/png) colour -> (H, W, 3) uint8 RGB (a
+    writable copy)."""
     with _as_dataset_error():
+        if compressed.is_compressed(msg):
+            return compressed.color_from_compressed(msg)
         return msg_decode.color_from_msg(msg, copy=True)
 
 
@@ -122,13 +129,19 @@ class RosbagDataset(Dataset):
     (``"color"``, ``"pose"``), which are then silently not used.
     ``sync_tolerance_s``: largest depth-colour stamp difference of a pair.
     ``max_pose_gap_s``: poses further apart than this are not interpolated across.
+    Images may be raw or compressed (``CompressedImage``; see :mod:`neural_mapping.io.compressed`).
+    ``pose_from_tf``: poses from ``/tf`` + ``/tf_static`` (the depth frame in ``pose_frame``, ""
+    = the root of its tree) instead of a pose topic.  ``camera_mount`` (``"x y z qx qy qz qw"``,
+    checked against ``child_frame_id`` when ``camera_mount_frame`` is set): the depth frame in
+    the pose topic's frame; empty: the bag's TF chain when the pose is of another frame.
     """
 
     def __init__(self, path, max_frames: Optional[int] = None, stride: int = 1, *,
                  depth_topic: str = DEPTH_TOPIC, color_topic: Optional[str] = COLOR_TOPIC,
                  camera_info_topic: str = DEPTH_INFO_TOPIC, pose_topic: Optional[str] = POSE_TOPIC,
                  optional: Sequence[str] = ("color", "pose"), sync_tolerance_s: float = 0.02,
-                 max_pose_gap_s: float = 0.5, load_color: bool = True):
+                 max_pose_gap_s: float = 0.5, load_color: bool = True, pose_from_tf: bool = False,
+                 pose_frame: str = "", camera_mount: str = "", camera_mount_frame: str = ""):
         from rosbags.rosbag2 import Reader
 
         self.path = Path(path)
@@ -166,7 +179,15 @@ class RosbagDataset(Dataset):
             self._stamps_ns = np.array([self._depth[k][0] for k in sel], dtype=np.int64)
             sec, nsec = np.divmod(self._stamps_ns, 1_000_000_000)
             self.timestamps = sec.astype(np.float64) + nsec * 1e-9  # ROS time, seconds
-            self._poses = [self._pose_at(int(t)) for t in self._stamps_ns]
+            self.depth_frame = self._fetch(self._depth[int(sel[0])]).header.frame_id.lstrip("/")
+            if pose_from_tf:
+                self._poses = self._bag_poses.from_tf(self._stamps_ns, self.depth_frame, pose_frame)
+                self.pose_topic, self.pose_type = f"TF:{self._bag_poses.frame}", "tf"
+            elif self.pose_topic is not None:
+                self._poses = self._bag_poses.from_topic(self._stamps_ns, self.depth_frame,
+                                                         camera_mount, camera_mount_frame)
+            else:
+                self._poses = [None] * len(sel)
             self.no_ground_truth = sum(p is None for p in self._poses)
             self.has_ground_truth = self.pose_topic is not None and self.no_ground_truth < len(sel)
             self._check_first_frame()
@@ -210,13 +231,13 @@ class RosbagDataset(Dataset):
         return topic, conns
 
     def _index(self, depth_topic, color_topic, info_topic, pose_topic, optional) -> None:
-        self.depth_topic, dconns = self._conns("depth", depth_topic, [IMAGE_TYPE], False)
+        self.depth_topic, dconns = self._conns("depth", depth_topic, IMAGE_TYPES, False)
         if not depth_topic:
             raise DatasetError("a depth topic is required")
         self.camera_info_topic, iconns = self._conns("camera_info", info_topic, [CAMERA_INFO_TYPE], False)
         if not info_topic:
             raise DatasetError("a camera_info topic is required")
-        self.color_topic, cconns = self._conns("color", color_topic, [IMAGE_TYPE], "color" in optional)
+        self.color_topic, cconns = self._conns("color", color_topic, IMAGE_TYPES, "color" in optional)
         self.pose_topic, pconns = self._conns("pose", pose_topic, list(POSE_MSG_TYPES),
                                               "pose" in optional)
         self.pose_type = POSE_MSG_TYPES[pconns[0].msgtype] if pconns else None
@@ -227,12 +248,15 @@ class RosbagDataset(Dataset):
         depth: List[Tuple[int, object, int, int]] = []   # (stamp_ns, connection, record ns, ordinal)
         color: List[Tuple[int, object, int, int]] = []
         infos: List[Tuple[int, CameraIntrinsics, bool]] = []
-        poses: List[Tuple[int, np.ndarray]] = []
+        self._bag_poses = bp = BagPoses(self.path, self.max_pose_gap_s * 1e9)
+        tconns = [c for c in self._reader.connections if c.topic in (TF_TOPIC, TF_STATIC_TOPIC)
+                  and c.msgtype == TF_TYPE]
         self.dropped_messages = Counter()
         seen: Dict[Tuple[int, int], int] = {}
         dset, cset = {id(c) for c in dconns}, {id(c) for c in cconns}
         iset, pset = {id(c) for c in iconns}, {id(c) for c in pconns}
-        for conn, t_rec, raw in self._reader.messages(connections=dconns + cconns + iconns + pconns):
+        for conn, t_rec, raw in self._reader.messages(connections=dconns + cconns + iconns + pconns
+                                                      + tconns):
             key = (conn.id, t_rec)
             ordinal = seen.get(key, 0)
             seen[key] = ordinal + 1
@@ -259,7 +283,9 @@ class RosbagDataset(Dataset):
                     self.dropped_messages[exc.reason] += 1
                     log.debug("%s: pose dropped: %s", self.path, exc)
                     continue
-                poses.append((sample.stamp_ns, sample.T))
+                bp.add_sample(sample)
+            else:
+                bp.add_tf(conn.topic, self._store.deserialize_cdr(raw, conn.msgtype))
         if self.dropped_messages:
             log.warning("%s: dropped pose/camera_info messages: %s", self.path, dict(self.dropped_messages))
 
@@ -294,14 +320,6 @@ class RosbagDataset(Dataset):
         else:
             self.dropped_no_color = 0
             self._depth, self._color = depth, [None] * len(depth)
-        poses.sort(key=lambda e: e[0])
-        self._pose_ns = np.array([p[0] for p in poses], dtype=np.int64)
-        self._pose_T = [p[1] for p in poses]
-
-    def _pose_at(self, t: int) -> Optional[np.ndarray]:
-        """Pose topic at stamp ``t`` ns (:func:`~neural_mapping.geometry.pose_at_stamp`: never
-        extrapolated, None across a gap longer than ``max_pose_gap_s``)."""
-        return pose_at_stamp(self._pose_ns, self._pose_T, t, self.max_pose_gap_s * 1e9)[1]
 
     # ---------------------------------------------------------------- frames
     def _fetch(self, entry):

@@ -17,8 +17,11 @@ DEPTH_INFO_TOPIC = "/camera/depth/camera_info"
 COLOR_INFO_TOPIC = "/camera/color/camera_info"
 POSE_TOPIC = "/camera/pose"
 TF_STATIC_TOPIC = "/tf_static"
+TF_TOPIC = "/tf"
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+TF_TYPE = "tf2_msgs/msg/TFMessage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 POSE_MSG_TYPES = {"geometry_msgs/msg/PoseStamped": "PoseStamped",
                   "nav_msgs/msg/Odometry": "Odometry",

@@ -31,6 +31,16 @@ stamps; the offset used is stored in the bag's ``custom_data``
 (``neural_mapping.time_offset_s``).  No ``/tf`` ground truth is written: the
 mapping node publishes ``map -> camera`` itself, and a second source would fight it.
 
+Realistic layout (what a robot records; ``--color-transport compressed``, ``--depth-transport
+compressedDepth``, ``--poses tf``): colour as ``sensor_msgs/CompressedImage`` JPEG on
+``/camera/color/image_raw/compressed``, depth as ``compressedDepth`` PNG (lossless, the
+12-byte header of ``compressed_depth_image_transport``) on
+``/camera/depth/image_raw/compressedDepth``, and instead of ``/camera/pose`` the robot's
+``odom -> base_link`` on ``/tf`` at every frame plus the static mount ``base_link ->
+camera_link`` (``MOUNT_XYZ_M``, pitched ``MOUNT_PITCH_DEG`` down) on ``/tf_static``: the
+chain ``odom -> base_link -> camera_link -> camera_color_optical_frame`` is the dataset's
+camera pose.
+
 16UC1 depth is rounded to millimetres (7-Scenes is stored in mm, so it is exact
 there; TUM's 0.2 mm units are rounded).  ``PoseStamped`` stores a quaternion, so the
 pose is the nearest rotation of the dataset's matrix (7-Scenes matrices are off
@@ -51,8 +61,9 @@ import numpy as np
 
 from neural_mapping.datasets import Dataset, DatasetError, open_dataset
 from neural_mapping.io.bag_format import (COLOR_INFO_TOPIC, COLOR_TOPIC, DEPTH_INFO_TOPIC, DEPTH_TOPIC,
-                                          POSE_TOPIC, TF_STATIC_TOPIC, typestore)
-from neural_mapping.geometry import rot_to_quat
+                                          POSE_TOPIC, TF_STATIC_TOPIC, TF_TOPIC, typestore)
+from neural_mapping.geometry import inv_pose, pose_from_tq, rot_to_quat
+from neural_mapping.io import compressed
 from neural_mapping.types import CameraIntrinsics
 
 log = logging.getLogger(__name__)
@@ -64,7 +75,23 @@ OPTICAL_FRAME = "camera_color_optical_frame"
 OPTICAL_ROTATION_XYZW = (-0.5, 0.5, -0.5, 0.5)
 EPOCH_OFFSET_S = 1_700_000_000.0
 STORAGES = ("mcap", "sqlite3")
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
+ODOM_FRAME, BASE_FRAME = "odom", "base_link"
+MOUNT_XYZ_M = (0.20, 0.0, 0.35)      # base_link -> camera_link: 20 cm forward, 35 cm up
+MOUNT_PITCH_DEG = 10.0               # looking 10 degrees down
+COLOR_TRANSPORTS, DEPTH_TRANSPORTS, POSE_LAYOUTS = ("raw", "compressed"), ("raw", "compressedDepth"), ("topic", "tf")
+
+
+def mount_transform() -> np.ndarray:
+    """``T_base_link_camera_link`` of the realistic layout."""
+    a = math.radians(MOUNT_PITCH_DEG) / 2
+    return pose_from_tq(MOUNT_XYZ_M, (0.0, math.sin(a), 0.0, math.cos(a)))
+
+
+def optical_transform() -> np.ndarray:
+    """``T_camera_link_optical`` (REP-103 optical rotation)."""
+    return pose_from_tq((0.0, 0.0, 0.0), OPTICAL_ROTATION_XYZW)
 
 
 @dataclass
@@ -90,6 +117,7 @@ class _Msgs:
         self.Time = T["builtin_interfaces/msg/Time"]
         self.Header = T["std_msgs/msg/Header"]
         self.Image = T["sensor_msgs/msg/Image"]
+        self.CompressedImage = T["sensor_msgs/msg/CompressedImage"]
         self.CameraInfo = T["sensor_msgs/msg/CameraInfo"]
         self.RegionOfInterest = T["sensor_msgs/msg/RegionOfInterest"]
         self.PoseStamped = T["geometry_msgs/msg/PoseStamped"]
@@ -121,6 +149,13 @@ class _Msgs:
             p=np.array([K.fx, 0.0, K.cx, 0.0, 0.0, K.fy, K.cy, 0.0, 0.0, 0.0, 1.0, 0.0]),
             binning_x=0, binning_y=0,
             roi=self.RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+    def compressed(self, ns: int, frame_id: str, fmt: str, data: bytes):
+        return self.CompressedImage(header=self.header(ns, frame_id), format=fmt,
+                                    data=np.frombuffer(data, np.uint8).copy())
+
+    def transform(self, ns: int, parent: str, child: str, T: np.ndarray):
+        return self.transform_stamped(ns, parent, child, T[:3, 3], rot_to_quat(T[:3, :3]))
 
     def pose_stamped(self, ns: int, frame_id: str, T: np.ndarray):
         x, y, z = (float(v) for v in T[:3, 3])
@@ -177,15 +212,23 @@ def default_time_offset(ds: Dataset) -> float:
 def make_bag(dataset: Union[str, Path, Dataset], out: Union[str, Path], *, storage: str = "mcap",
              max_frames: Optional[int] = None, stride: int = 1, depth_encoding: str = "16UC1",
              time_offset_s: Optional[float] = None, with_color: bool = True,
-             dataset_kwargs: Optional[dict] = None, progress: bool = False) -> BagSummary:
+             dataset_kwargs: Optional[dict] = None, progress: bool = False,
+             color_transport: str = "raw", depth_transport: str = "raw", poses: str = "topic",
+             jpeg_quality: int = 90) -> BagSummary:
     """Write ``dataset`` (a path/name for :func:`open_dataset`, or an opened Dataset) as a
-    rosbag2 folder ``out`` (must not exist).  See the module docstring for the topics."""
+    rosbag2 folder ``out`` (must not exist).  See the module docstring for the topics;
+    ``color_transport`` raw | compressed (JPEG, ``jpeg_quality``), ``depth_transport`` raw |
+    compressedDepth (PNG), ``poses`` topic (``/camera/pose``) | tf (odom -> base_link + mount)."""
     from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     if depth_encoding not in DEPTH_ENCODINGS:
         raise ValueError(f"depth encoding must be one of {DEPTH_ENCODINGS}, got {depth_encoding!r}")
+    for name, value, ok in (("color_transport", color_transport, COLOR_TRANSPORTS),
+                            ("depth_transport", depth_transport, DEPTH_TRANSPORTS), ("poses", poses, POSE_LAYOUTS)):
+        if value not in ok:
+            raise ValueError(f"{name} must be one of {ok}, got {value!r}")
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists already; rosbag2 output must be a new folder")
@@ -204,6 +247,8 @@ def make_bag(dataset: Union[str, Path, Dataset], out: Union[str, Path], *, stora
     writer.set_custom_data("neural_mapping.source", str(ds.name))
     writer.set_custom_data("neural_mapping.time_offset_s", repr(offset))
     writer.set_custom_data("neural_mapping.depth_encoding", depth_encoding)
+    writer.set_custom_data("neural_mapping.layout", f"color {color_transport}, depth {depth_transport}, "
+                           f"poses {poses}")
     counts: Dict[str, int] = {}
     first_ns = last_ns = None
     writer.open()
@@ -239,18 +284,34 @@ def make_bag(dataset: Union[str, Path, Dataset], out: Union[str, Path], *, stora
             prev_ns = ns
             if first_ns is None:
                 first_ns = ns
-                tf = m.TFMessage(transforms=[m.transform_stamped(ns, CAMERA_FRAME, OPTICAL_FRAME,
-                                                                 (0.0, 0.0, 0.0), OPTICAL_ROTATION_XYZW)])
+                static = [m.transform(ns, CAMERA_FRAME, OPTICAL_FRAME, optical_transform())]
+                if poses == "tf":
+                    static.insert(0, m.transform(ns, BASE_FRAME, CAMERA_FRAME, mount_transform()))
+                tf = m.TFMessage(transforms=static)
                 write(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", ns, tf, transient_local=True)
             last_ns = ns
             write(DEPTH_INFO_TOPIC, "sensor_msgs/msg/CameraInfo", ns, m.camera_info(ns, OPTICAL_FRAME, K))
-            write(DEPTH_TOPIC, "sensor_msgs/msg/Image", ns,
-                  m.image(ns, OPTICAL_FRAME, depth_pixels(f.depth, depth_encoding), depth_encoding))
+            px = depth_pixels(f.depth, depth_encoding)
+            if depth_transport == "raw":
+                write(DEPTH_TOPIC, "sensor_msgs/msg/Image", ns, m.image(ns, OPTICAL_FRAME, px, depth_encoding))
+            else:
+                write(DEPTH_TOPIC + "/compressedDepth", COMPRESSED, ns,
+                      m.compressed(ns, OPTICAL_FRAME, *compressed.compress_depth(px, "png")))
             if with_color and f.color is not None:
                 write(COLOR_INFO_TOPIC, "sensor_msgs/msg/CameraInfo", ns, m.camera_info(ns, OPTICAL_FRAME, K))
-                write(COLOR_TOPIC, "sensor_msgs/msg/Image", ns, m.image(ns, OPTICAL_FRAME, f.color, "rgb8"))
-            if f.pose is not None:
+                if color_transport == "raw":
+                    write(COLOR_TOPIC, "sensor_msgs/msg/Image", ns, m.image(ns, OPTICAL_FRAME, f.color, "rgb8"))
+                else:
+                    write(COLOR_TOPIC + "/compressed", COMPRESSED, ns, m.compressed(
+                        ns, OPTICAL_FRAME, *compressed.compress_color(f.color, "jpeg", jpeg_quality)))
+            if f.pose is not None and poses == "topic":
                 write(POSE_TOPIC, "geometry_msgs/msg/PoseStamped", ns, m.pose_stamped(ns, MAP_FRAME, f.pose))
+            elif f.pose is not None:  # odom -> base_link such that the chain is the camera pose
+                # (the rotation as PoseStamped stores it: the quaternion of the dataset's matrix)
+                T_cam = pose_from_tq(f.pose[:3, 3], rot_to_quat(f.pose[:3, :3]))
+                T_odom_base = T_cam @ inv_pose(mount_transform() @ optical_transform())
+                write(TF_TOPIC, "tf2_msgs/msg/TFMessage", ns,
+                      m.TFMessage(transforms=[m.transform(ns, ODOM_FRAME, BASE_FRAME, T_odom_base)]))
             if bar is not None:
                 bar.update(1)
         if bar is not None:

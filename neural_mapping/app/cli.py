@@ -278,9 +278,10 @@ def _add_bag_parsers(sub) -> None:
                    help="raw: sensor_msgs/Image rgb8 (default); compressed: CompressedImage JPEG on .../compressed")
     b.add_argument("--depth-transport", choices=("raw", "compressedDepth"), default="raw",
                    help="raw: sensor_msgs/Image (default); compressedDepth: PNG (lossless) on .../compressedDepth")
-    b.add_argument("--poses", choices=("topic", "tf"), default="topic",
+    b.add_argument("--poses", choices=("topic", "tf", "odom"), default="topic",
                    help="topic: /camera/pose PoseStamped (default); tf: odom -> base_link on /tf and the "
-                        "static mount base_link -> camera_link -> optical on /tf_static")
+                        "static mount base_link -> camera_link -> optical on /tf_static; odom: "
+                        "nav_msgs/Odometry of base_link on /odom and the same static mount")
     b.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="JPEG quality (default 90)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--config", metavar="YAML", default=None,

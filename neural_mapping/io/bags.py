@@ -36,7 +36,8 @@ compressedDepth``, ``--poses tf``): colour as ``sensor_msgs/CompressedImage`` JP
 ``/camera/color/image_raw/compressed``, depth as ``compressedDepth`` PNG (lossless, the
 12-byte header of ``compressed_depth_image_transport``) on
 ``/camera/depth/image_raw/compressedDepth``, and instead of ``/camera/pose`` the robot's
-``odom -> base_link`` on ``/tf`` at every frame plus the static mount ``base_link ->
+``odom -> base_link`` on ``/tf`` at every frame (``--poses odom``: as ``nav_msgs/Odometry``
+on ``/odom`` instead, child ``base_link``) plus the static mount ``base_link ->
 camera_link`` (``MOUNT_XYZ_M``, pitched ``MOUNT_PITCH_DEG`` down) on ``/tf_static``: the
 chain ``odom -> base_link -> camera_link -> camera_color_optical_frame`` is the dataset's
 camera pose.
@@ -78,9 +79,10 @@ STORAGES = ("mcap", "sqlite3")
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
 ODOM_FRAME, BASE_FRAME = "odom", "base_link"
+ODOM_TOPIC = "/odom"
 MOUNT_XYZ_M = (0.20, 0.0, 0.35)      # base_link -> camera_link: 20 cm forward, 35 cm up
 MOUNT_PITCH_DEG = 10.0               # looking 10 degrees down
-COLOR_TRANSPORTS, DEPTH_TRANSPORTS, POSE_LAYOUTS = ("raw", "compressed"), ("raw", "compressedDepth"), ("topic", "tf")
+COLOR_TRANSPORTS, DEPTH_TRANSPORTS, POSE_LAYOUTS = ("raw", "compressed"), ("raw", "compressedDepth"), ("topic", "tf", "odom")
 
 
 def mount_transform() -> np.ndarray:
@@ -157,6 +159,16 @@ class _Msgs:
     def transform(self, ns: int, parent: str, child: str, T: np.ndarray):
         return self.transform_stamped(ns, parent, child, T[:3, 3], rot_to_quat(T[:3, :3]))
 
+    def odometry(self, ns: int, T: np.ndarray):
+        T_ = self.store.types
+        ps = self.pose_stamped(ns, ODOM_FRAME, T)
+        zero = self.Vector3(x=0.0, y=0.0, z=0.0)
+        return T_["nav_msgs/msg/Odometry"](
+            header=ps.header, child_frame_id=BASE_FRAME,
+            pose=T_["geometry_msgs/msg/PoseWithCovariance"](pose=ps.pose, covariance=np.zeros(36)),
+            twist=T_["geometry_msgs/msg/TwistWithCovariance"](
+                twist=T_["geometry_msgs/msg/Twist"](linear=zero, angular=zero), covariance=np.zeros(36)))
+
     def pose_stamped(self, ns: int, frame_id: str, T: np.ndarray):
         x, y, z = (float(v) for v in T[:3, 3])
         qx, qy, qz, qw = (float(v) for v in rot_to_quat(T[:3, :3]))
@@ -218,7 +230,8 @@ def make_bag(dataset: Union[str, Path, Dataset], out: Union[str, Path], *, stora
     """Write ``dataset`` (a path/name for :func:`open_dataset`, or an opened Dataset) as a
     rosbag2 folder ``out`` (must not exist).  See the module docstring for the topics;
     ``color_transport`` raw | compressed (JPEG, ``jpeg_quality``), ``depth_transport`` raw |
-    compressedDepth (PNG), ``poses`` topic (``/camera/pose``) | tf (odom -> base_link + mount)."""
+    compressedDepth (PNG), ``poses`` topic (``/camera/pose``) | tf (odom -> base_link + mount) |
+    odom (``/odom`` Odometry of base_link + mount)."""
     from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
     if storage not in STORAGES:
@@ -285,7 +298,7 @@ def make_bag(dataset: Union[str, Path, Dataset], out: Union[str, Path], *, stora
             if first_ns is None:
                 first_ns = ns
                 static = [m.transform(ns, CAMERA_FRAME, OPTICAL_FRAME, optical_transform())]
-                if poses == "tf":
+                if poses != "topic":
                     static.insert(0, m.transform(ns, BASE_FRAME, CAMERA_FRAME, mount_transform()))
                 tf = m.TFMessage(transforms=static)
                 write(TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", ns, tf, transient_local=True)
@@ -310,8 +323,11 @@ def make_bag(dataset: Union[str, Path, Dataset], out: Union[str, Path], *, stora
                 # (the rotation as PoseStamped stores it: the quaternion of the dataset's matrix)
                 T_cam = pose_from_tq(f.pose[:3, 3], rot_to_quat(f.pose[:3, :3]))
                 T_odom_base = T_cam @ inv_pose(mount_transform() @ optical_transform())
-                write(TF_TOPIC, "tf2_msgs/msg/TFMessage", ns,
-                      m.TFMessage(transforms=[m.transform(ns, ODOM_FRAME, BASE_FRAME, T_odom_base)]))
+                if poses == "tf":
+                    write(TF_TOPIC, "tf2_msgs/msg/TFMessage", ns,
+                          m.TFMessage(transforms=[m.transform(ns, ODOM_FRAME, BASE_FRAME, T_odom_base)]))
+                else:
+                    write(ODOM_TOPIC, "nav_msgs/msg/Odometry", ns, m.odometry(ns, T_odom_base))
             if bar is not None:
                 bar.update(1)
         if bar is not None:

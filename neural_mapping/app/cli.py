@@ -144,7 +144,7 @@ def _dataset_kwargs(args, cfg: MappingConfig) -> dict:
     return kw
 
 
-def _fmt(v, unit="", digits=2) -> str:
+def fmt_value(v, unit="", digits=2) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:.{digits}f}{unit}"
@@ -184,15 +184,15 @@ def cmd_run(args) -> int:
     m = res.metrics
     print(f"dataset        {m['dataset']}: {m['frames']} frames integrated "
           f"({m['frames_skipped_no_pose']} without pose skipped)")
-    print(f"speed          {_fmt(m['fps'], ' frames/s', 1)} end to end, integration "
-          f"{_fmt(m['integrate_ms_mean'], ' ms', 1)}/frame on {m['device']}")
+    print(f"speed          {fmt_value(m['fps'], ' frames/s', 1)} end to end, integration "
+          f"{fmt_value(m['integrate_ms_mean'], ' ms', 1)}/frame on {m['device']}")
     print(f"map            {m['blocks']} blocks of {cfg.grid.block_size_vox}^3 voxels at "
-          f"{m['voxel_size_m'] * 100:g} cm, {_fmt(m['memory_mb'], ' MB', 1)}; mesh "
+          f"{m['voxel_size_m'] * 100:g} cm, {fmt_value(m['memory_mb'], ' MB', 1)}; mesh "
           f"{m['mesh_vertices']} vertices, {m['mesh_triangles']} triangles")
     if "ate_rmse_cm" in m:
-        print(f"trajectory     ATE RMSE {_fmt(m['ate_rmse_cm'], ' cm')} (SE3-aligned), "
-              f"{_fmt(m['ate_first_frame_rmse_cm'], ' cm')} (first frame); RPE "
-              f"{_fmt(m['rpe_trans_rmse_cm'], ' cm')} / {_fmt(m['rpe_rot_rmse_deg'], ' deg')} per frame "
+        print(f"trajectory     ATE RMSE {fmt_value(m['ate_rmse_cm'], ' cm')} (SE3-aligned), "
+              f"{fmt_value(m['ate_first_frame_rmse_cm'], ' cm')} (first frame); RPE "
+              f"{fmt_value(m['rpe_trans_rmse_cm'], ' cm')} / {fmt_value(m['rpe_rot_rmse_deg'], ' deg')} per frame "
               f"(pose source: {m['pose_source']})")
     print(f"outputs        {res.out_dir}/: " + ", ".join(sorted(p.name for p in res.files.values())))
     return 0
@@ -209,9 +209,9 @@ def cmd_eval(args) -> int:
     m = write_evaluation(args.out, ev, name=Path(args.est).name,
                          extra={"est_file": str(args.est), "gt_file": str(args.gt)})
     print(f"{m['num_poses']} pose pairs ({m['num_est_poses']} estimated, {m['num_gt_poses']} ground truth)")
-    print(f"ATE RMSE {_fmt(m['ate_rmse_cm'], ' cm')} (SE3-aligned), mean {_fmt(m['ate_mean_cm'], ' cm')}, "
-          f"max {_fmt(m['ate_max_cm'], ' cm')}; first-frame aligned {_fmt(m['ate_first_frame_rmse_cm'], ' cm')}")
-    print(f"RPE RMSE {_fmt(m['rpe_trans_rmse_cm'], ' cm')}, {_fmt(m['rpe_rot_rmse_deg'], ' deg')} per pose")
+    print(f"ATE RMSE {fmt_value(m['ate_rmse_cm'], ' cm')} (SE3-aligned), mean {fmt_value(m['ate_mean_cm'], ' cm')}, "
+          f"max {fmt_value(m['ate_max_cm'], ' cm')}; first-frame aligned {fmt_value(m['ate_first_frame_rmse_cm'], ' cm')}")
+    print(f"RPE RMSE {fmt_value(m['rpe_trans_rmse_cm'], ' cm')}, {fmt_value(m['rpe_rot_rmse_deg'], ' deg')} per pose")
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'trajectory.png'}")
     return 0
 

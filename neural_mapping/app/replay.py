@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from neural_mapping.app.cli import _fmt, offline_config
+from neural_mapping.app.cli import fmt_value, offline_config
 from neural_mapping.datasets import DatasetError
 
 
@@ -59,11 +59,11 @@ def cmd_replay(args) -> int:
     print(f"bag            {ds.describe()}")
     print(f"frames         {m['frames']} integrated ({m['frames_skipped_no_pose']} without pose skipped, "
           f"{ds.dropped_no_color} depth images without colour dropped)")
-    print(f"speed          {_fmt(m['fps'], ' frames/s', 1)} end to end on {m['device']}")
+    print(f"speed          {fmt_value(m['fps'], ' frames/s', 1)} end to end on {m['device']}")
     print(f"map            {m['blocks']} blocks, mesh {m['mesh_vertices']} vertices, "
           f"{m['mesh_triangles']} triangles")
     if "ate_rmse_cm" in m:
-        print(f"trajectory     ATE RMSE {_fmt(m['ate_rmse_cm'], ' cm')} against the pose topic "
+        print(f"trajectory     ATE RMSE {fmt_value(m['ate_rmse_cm'], ' cm')} against the pose topic "
               f"(pose source: {m['pose_source']})")
     print(f"outputs        {res.out_dir}/: " + ", ".join(sorted(p.name for p in res.files.values())))
     return 0

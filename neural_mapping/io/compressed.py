@@ -29,7 +29,7 @@ from typing import Tuple
 import numpy as np
 from PIL import Image
 
-from neural_mapping.io.msg_decode import DecodeError, _data_bytes
+from neural_mapping.io.msg_decode import DecodeError, data_bytes
 
 COMPRESSED_FORMAT = "compressed_format"
 COMPRESSED_PAYLOAD = "compressed_payload"
@@ -59,7 +59,7 @@ def _open(payload: bytes, what: str) -> Image.Image:
 def color_from_compressed(msg) -> np.ndarray:
     """CompressedImage (``jpeg``/``png``, any ``format`` string PIL can read) -> (H, W, 3)
     uint8 RGB (a new, writable array)."""
-    buf = _data_bytes(msg.data)
+    buf = data_bytes(msg.data)
     if buf.nbytes == 0:
         raise DecodeError(COMPRESSED_PAYLOAD, "compressed color image has no data")
     if "compresseddepth" in str(msg.format).lower():
@@ -94,7 +94,7 @@ def depth_from_compressed(msg) -> np.ndarray:
     """CompressedImage depth -> (H, W) float32 metres, invalid = 0.  ``compressedDepth``
     (12-byte header + PNG/RVL) or, for the plain ``compressed`` transport, a 16-bit PNG of
     millimetres."""
-    buf = _data_bytes(msg.data).tobytes()
+    buf = data_bytes(msg.data).tobytes()
     fmt = str(msg.format)
     if "compressedDepth" not in fmt:
         if not buf.startswith(PNG_MAGIC):

@@ -69,7 +69,7 @@ class DecodeError(ValueError):
 
 
 # ------------------------------------------------------------------------------ images
-def _data_bytes(data) -> np.ndarray:
+def data_bytes(data) -> np.ndarray:
     """``msg.data`` as a flat uint8 array over the same memory (no copy for a contiguous buffer)."""
     if isinstance(data, np.ndarray):  # rosbags: a uint8 array (a copy only if non-contiguous)
         return data.reshape(-1).view(np.uint8)
@@ -90,7 +90,7 @@ def _image_view(msg, dtype: str, channels: int, what: str) -> np.ndarray:
     if step < w * bpp:
         raise DecodeError(SIZE_MISMATCH, f"{what} image step {step} B is smaller than width {w} x "
                           f"{bpp} B/pixel ({msg.encoding}) = {w * bpp} B")
-    buf = _data_bytes(msg.data)
+    buf = data_bytes(msg.data)
     # the last row only needs w * bpp bytes, but REP-118 says data is step * height
     if buf.nbytes < step * h:
         raise DecodeError(SIZE_MISMATCH, f"{what} image data has {buf.nbytes} B, expected step "

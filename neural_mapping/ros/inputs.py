@@ -22,6 +22,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 from sensor_msgs.msg import CameraInfo, Image
 
 from neural_mapping.ros import conversions as conv
+from neural_mapping.ros.tf_poses import PoseMount, TfPoses, image_input
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
 RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
@@ -68,10 +69,18 @@ class FrameInputs:
         self._stamps: Dict[int, float] = {}
         ncfg = node.ncfg
         in_qos = qos_profile_sensor_data if ncfg.input_qos == "sensor_data" else RELIABLE_INPUT_QOS
-        node.create_subscription(Image, "depth/image", self._on_depth, in_qos)
+        # raw or compressed (depth_transport / color_transport): ros/tf_poses.py
+        dtype, dtopic, self._depth_decode = image_input(node, "depth/image", ncfg.depth_transport, True)
+        ctype, ctopic, self._color_decode = image_input(node, "color/image", ncfg.color_transport, False)
+        node.create_subscription(dtype, dtopic, self._on_depth, in_qos)
         node.create_subscription(CameraInfo, "depth/camera_info", self._on_camera_info, in_qos)
-        node.create_subscription(Image, "color/image", self._on_color, in_qos)
-        if node.cfg.run.pose_source != "track":
+        node.create_subscription(ctype, ctopic, self._on_color, in_qos)
+        self.mount = PoseMount(ncfg, node.get_logger().warning)
+        self.tf_poses = None
+        if node.cfg.run.pose_source != "track" and ncfg.pose_input == "tf":
+            self.tf_poses = TfPoses(node, system.submit_pose, self._drop,
+                                    node.cfg.system.pose_wait_timeout_s)
+        elif node.cfg.run.pose_source != "track":
             node.create_subscription(conv.pose_msg_type(ncfg.pose_topic_type), "pose",
                                      self._on_pose_msg, POSE_INPUT_QOS)
 
@@ -121,9 +130,11 @@ class FrameInputs:
         self._pair()  # depth images may be waiting for their first camera_info
 
     def _on_depth(self, msg: Image) -> None:
-        decoded = self._decode(_stamped, conv.depth_from_msg, msg)
+        decoded = self._decode(_stamped, self._depth_decode, msg)
         if decoded is None:
             return
+        if self.tf_poses is not None:
+            self.tf_poses.request(msg.header)
         if not self.camera_frame and msg.header.frame_id:
             self.camera_frame = msg.header.frame_id
         first = None
@@ -143,7 +154,7 @@ class FrameInputs:
         self._pair()
 
     def _on_color(self, msg: Image) -> None:
-        decoded = self._decode(_stamped, conv.color_from_msg, msg)
+        decoded = self._decode(_stamped, self._color_decode, msg)
         if decoded is None:
             return
         with self._lock:
@@ -215,7 +226,10 @@ class FrameInputs:
         sample = self._decode(conv.pose_sample_from_msg, msg, self.node.ncfg.pose_topic_type)
         if sample is None:
             return
-        # (t, q) as received: the pose buffer checks the quaternion norm itself
-        if not self.system.submit_pose(sample.stamp, sample.tq):
+        # (t, q) as received (the pose buffer checks the quaternion norm), or with the camera mount
+        pose = self._decode(self.mount.apply, sample, self.camera_frame)
+        if pose is None:
+            return
+        if not self.system.submit_pose(sample.stamp, pose):
             self._drop(conv.BAD_POSE, "pose rejected by the pose buffer (non-finite, bad quaternion, "
                                       "non-rigid or older than the kept window)")

@@ -13,6 +13,9 @@ from neural_mapping.config import MappingConfig, check_value, coerce, param
 
 POSE_TOPIC_TYPES = ("PoseStamped", "Odometry", "TransformStamped")
 INPUT_QOS = ("reliable", "sensor_data")
+POSE_INPUTS = ("topic", "tf")
+DEPTH_TRANSPORTS = ("raw", "compressed", "compressedDepth")  # image_transport names
+COLOR_TRANSPORTS = ("raw", "compressed")
 
 
 @dataclass
@@ -33,6 +36,23 @@ class NodeConfig:
                            "be lost without transport tuning).", choices=INPUT_QOS)
     pose_topic_type: str = param("PoseStamped", "Message type on the 'pose' input.",
                                  choices=POSE_TOPIC_TYPES)
+    pose_input: str = param(
+        "topic", "Where external poses come from: topic (the 'pose' input, of type pose_topic_type) "
+        "or tf (the depth image's frame in odom_frame at the depth stamp, through tf2_ros: a ROS 2 "
+        "install; never extrapolated).", choices=POSE_INPUTS)
+    camera_mount_xyz_m_qxyzw: str = param(
+        "", "Pose of the depth optical frame in the frame the 'pose' input is of (e.g. base_link of "
+        "nav_msgs/Odometry): 'x y z qx qy qz qw' (m, unit quaternion; static_transform_publisher "
+        "order). Empty: the pose input is the depth frame's own pose.")
+    camera_mount_frame: str = param(
+        "", "Frame camera_mount_xyz_m_qxyzw is relative to (e.g. base_link); a pose message whose "
+        "child_frame_id differs is dropped (pose_frame_mismatch). Empty: not checked.")
+    depth_transport: str = param(
+        "raw", "image_transport of the depth input: raw (Image on depth/image), compressedDepth or "
+        "compressed (CompressedImage on depth/image/<transport>).", choices=DEPTH_TRANSPORTS)
+    color_transport: str = param(
+        "raw", "image_transport of the color input: raw (Image on color/image) or compressed "
+        "(JPEG/PNG CompressedImage on color/image/compressed).", choices=COLOR_TRANSPORTS)
     color_sync_tolerance_s: float = param(
         0.02, "Largest |depth stamp - color stamp| for a depth and a color image to be paired.",
         unit="s", lo=0.0, hi=1.0)
@@ -57,6 +77,12 @@ class NodeConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             check_value(f, getattr(self, f.name))
+        from neural_mapping.io.tf_tree import parse_mount
+        parse_mount(self.camera_mount_xyz_m_qxyzw)  # ValueError with the reason
+        # map -> camera would give the camera frame a second parent (its robot's TF has one)
+        if not self.odom_frame and (self.pose_input == "tf" or self.camera_mount_xyz_m_qxyzw):
+            raise ValueError("pose_input tf and camera_mount_xyz_m_qxyzw need odom_frame (the frame "
+                             "the robot's poses are in): the node then broadcasts map -> odom only")
 
     @classmethod
     def from_flat(cls, values: Dict[str, Any], base: Optional["NodeConfig"] = None) -> "NodeConfig":

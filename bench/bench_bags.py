@@ -251,7 +251,8 @@ def mode_node(args) -> int:
     from bench_ros import load_frames
     frames = load_frames(DATA, args.max_frames)
     res = {"rate_hz": args.rate, "duration_s": args.duration, "voxel_size_m": args.voxel,
-           "loadavg_before": os.getloadavg(), "runs": [run_node(args, t, frames) for t in ("raw", "compressed")]}
+           "fastdds_profiles_file": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"),
+           "loadavg_before": os.getloadavg(), "runs": [run_node(args, t, frames) for t in args.inputs]}
     res["loadavg_after"] = os.getloadavg()
     print(f"{'inputs':12s} {'published':>10s} {'received':>9s} {'integrated/s':>13s}  drops")
     for r in res["runs"]:
@@ -277,6 +278,8 @@ def main(argv=None) -> int:
     pn.add_argument("--rate", type=float, default=30.0)
     pn.add_argument("--voxel", type=float, default=0.03)
     pn.add_argument("--max-frames", type=int, default=60)
+    pn.add_argument("--inputs", nargs="+", choices=["raw", "compressed"], default=["raw", "compressed", "raw", "compressed"],
+                    help="runs in this order (alternated: the machine load changes)")
     pn.add_argument("--out", default=str(REPO / "bench" / "results" / "bags_node.json"))
     args = ap.parse_args(argv)
     if args.mode == "node":

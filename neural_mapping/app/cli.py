@@ -304,14 +304,14 @@ def _add_topic_arguments(r) -> None:
 
     t = r.add_argument_group("topics")
     t.add_argument("--depth-topic", default=None, metavar="TOPIC",
-                   help=f"sensor_msgs/Image depth (default: {DEPTH_TOPIC})")
+                   help="depth Image / CompressedImage (default: the bag's only one, else " + DEPTH_TOPIC + ")")
     t.add_argument("--color-topic", default=None, metavar="TOPIC",
-                   help=f"sensor_msgs/Image colour, '' for none (default: {COLOR_TOPIC}, if present)")
+                   help="colour Image / CompressedImage, '' for none (default: the bag's only one, else " + COLOR_TOPIC + ")")
     t.add_argument("--camera-info-topic", default=None, metavar="TOPIC",
-                   help=f"sensor_msgs/CameraInfo of the depth image (default: {DEPTH_INFO_TOPIC})")
+                   help="CameraInfo of the depth image (default: the one next to the depth topic, else " + DEPTH_INFO_TOPIC + ")")
     t.add_argument("--pose-topic", default=None, metavar="TOPIC",
                    help="PoseStamped / Odometry / TransformStamped, '' for none "
-                        f"(default: {POSE_TOPIC}, if present)")
+                        f"(default: the bag's only one, else {POSE_TOPIC}; none: TF if the bag has /tf)")
     t.add_argument("--pose-frame", default=None, metavar="FRAME",
                    help="poses from /tf + /tf_static: the depth frame in FRAME ('' = root of its tree)")
     t.add_argument("--camera-mount", default="", metavar="'X Y Z QX QY QZ QW'",

@@ -23,6 +23,13 @@ Topics (defaults are the ones ``make-bag`` writes; all configurable):
                              external poses)
 ===========================  =====================================================
 
+Images may also be ``sensor_msgs/CompressedImage`` (colour JPEG/PNG, depth ``compressedDepth``
+PNG/RVL: :mod:`neural_mapping.io.compressed`), detected from the topic's type.  Poses may come
+from ``/tf`` + ``/tf_static`` instead of a pose topic (``pose_from_tf``), and a pose topic of
+another frame than the depth image's (Odometry of ``base_link``) is composed with the camera
+mount (``camera_mount`` or the bag's TF): :mod:`neural_mapping.datasets.rosbag_topics`, which
+also chooses the topics when ``replay`` is given none.
+
 Frames are driven by the depth stream, ordered by header stamp.  Each depth image
 is paired with the colour image nearest in stamp within ``sync_tolerance_s``
 (depth images without one are dropped and counted in ``dropped_no_color``); the

@@ -103,6 +103,40 @@ def decode_ms(frames):
     return {k: float(np.median(v)) for k, v in rows.items()}
 
 
+def gil_probe(frame, calls: int = 30):
+    """Does a decode let another Python thread run?  A counter thread records its loop times
+    while this thread decodes ``calls`` times; a decode that holds the GIL stops the counter
+    for the whole call (``sorted()`` of a big list is the holding control).  Reported: the
+    median call ms and how many of the calls the counter stalled for more than half a call
+    (OS scheduling on a loaded machine adds stalls of its own)."""
+    import random
+    import threading
+    from neural_mapping.io import compressed
+    from neural_mapping.io.bags import depth_pixels
+    png = SimpleNamespace(**dict(zip(("format", "data"), compressed.compress_depth(
+        depth_pixels(frame.depth, "16UC1"), "png"))))
+    jpg = SimpleNamespace(**dict(zip(("format", "data"), compressed.compress_color(frame.color, "jpeg", 90))))
+    big = [random.random() for _ in range(200_000)]
+    out = {}
+    for name, fn in (("compressedDepth PNG", lambda: compressed.depth_from_compressed(png)),
+                     ("JPEG colour", lambda: compressed.color_from_compressed(jpg)),
+                     ("control: sorted() holds the GIL", lambda: sorted(big))):
+        stop, ts, durs = [], [], []
+        th = threading.Thread(target=lambda: [ts.append(time.perf_counter()) for _ in iter(lambda: bool(stop), True)])
+        th.start()
+        time.sleep(0.05)
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            fn()
+            durs.append(time.perf_counter() - t0)
+        stop.append(1)
+        th.join()
+        call_ms = float(np.median(durs)) * 1e3
+        out[name] = {"call_ms": call_ms, "calls": calls,
+                     "calls_stalling_the_other_thread": int((np.diff(ts) * 1e3 > call_ms / 2).sum())}
+    return out
+
+
 def mode_offline(args) -> int:
     from neural_mapping.config import MappingConfig
     from neural_mapping.datasets import open_dataset
@@ -140,6 +174,7 @@ def mode_offline(args) -> int:
             res["layouts"][name] = row
         ds = open_dataset(DATA, max_frames=min(args.frames, 20))
         res["decode_ms_per_640x480"] = decode_ms([ds[i] for i in range(len(ds))])
+        res["gil_probe"] = gil_probe(ds[0])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res["loadavg_after"] = os.getloadavg()
@@ -154,6 +189,9 @@ def mode_offline(args) -> int:
     print("decode, median ms per 640x480 frame:")
     for k, v in res["decode_ms_per_640x480"].items():
         print(f"  {k:28s} {v:7.2f}")
+    print("GIL probe (calls during which another Python thread stalled > half a call):")
+    for k, v in res["gil_probe"].items():
+        print(f"  {k:34s} {v['call_ms']:7.2f} ms/call, {v['calls_stalling_the_other_thread']}/{v['calls']} calls")
     print(f"load average before {load0}, after {res['loadavg_after']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

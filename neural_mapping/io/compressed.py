@@ -14,8 +14,9 @@ little endian, 12 bytes) followed by the payload:
 * ``16UC1`` + rvl: ``uint32 cols, rows`` then Wilson's RVL stream (run lengths of zeros and
   non-zeros, zig-zag deltas, 4-bit variable length nibbles packed MSB-first in int32 words).
 
-Color: whatever PIL reads (JPEG, PNG; mono becomes gray RGB).  PIL's decoders run in C and
-release the GIL while decoding (``bench/bench_bags.py`` measures the ms per 640x480 frame).
+Color: whatever PIL reads (JPEG, PNG; mono becomes gray RGB).  PIL decodes in C;
+``bench/bench_bags.py`` measures the ms per 640x480 frame and probes how much of a decode
+lets other Python threads run (part of a PNG decode, little of a JPEG one).
 Rejections raise :class:`~.msg_decode.DecodeError` with reason ``compressed_format`` (a format
 we do not decode) or ``compressed_payload`` (truncated / corrupt / inconsistent data).
 """
@@ -48,7 +49,7 @@ def is_compressed(msg) -> bool:
 def _open(payload: bytes, what: str) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(payload))
-        im.load()  # decode now (C code, GIL released): errors surface here
+        im.load()  # decode now: errors surface here
         return im
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
         raise DecodeError(COMPRESSED_PAYLOAD, f"{what}: the payload does not decode "

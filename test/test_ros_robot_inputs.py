@@ -167,3 +167,23 @@ def test_mount_and_tf_need_an_odom_frame_so_no_frame_gets_a_second_parent():
     with pytest.raises(ValueError, match="camera mount"):
         NodeConfig.from_flat({"camera_mount_xyz_m_qxyzw": "0 0 0"})
     assert NodeConfig.from_flat({"camera_mount_xyz_m_qxyzw": MOUNT_TEXT}).odom_frame == "odom"
+
+
+def test_compressed_topic_follows_the_remapped_base_name_as_image_transport():
+    import random
+    from sensor_msgs.msg import CompressedImage, Image
+    from neural_mapping.ros.tf_poses import image_input
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=random.randint(100, 200))
+    node = rclpy.create_node("remap_check", context=ctx, start_parameter_services=False, enable_rosout=False,
+                             cli_args=["--ros-args", "-r", "depth/image:=/camera/camera/aligned_depth_to_color/image_raw"])
+    try:
+        typ, topic, decode = image_input(node, "depth/image", "compressedDepth", True)
+        assert (typ, topic) == (CompressedImage, "/camera/camera/aligned_depth_to_color/image_raw/compressedDepth")
+        assert decode is compressed.depth_from_compressed
+        typ, topic, _ = image_input(node, "color/image", "compressed", False)
+        assert (typ, topic) == (CompressedImage, "/color/image/compressed")
+        assert image_input(node, "depth/image", "raw", True)[:2] == (Image, "depth/image")
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)

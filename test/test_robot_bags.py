@@ -90,3 +90,33 @@ def test_replay_with_no_options_matches_the_raw_bag(robot_bags, tmp_path, capsys
     assert main(["replay", str(robot_bags / "odom"), "--out", str(tmp_path / "odom")] + FLAGS) == 0
     assert "pose         /odom" in capsys.readouterr().out
     np.testing.assert_allclose(read_tum_trajectory(tmp_path / "odom" / "poses.txt")[1], P_raw, atol=2e-8)
+
+
+def test_topic_choice_for_realsense_and_kinect_recordings():
+    from neural_mapping.datasets.rosbag_topics import choose_topics
+    C, I, O = "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/CameraInfo", "nav_msgs/msg/Odometry"
+    rs = {"/camera/camera/color/image_raw/compressed": (C, 9), "/camera/camera/color/camera_info": (I, 9),
+          "/camera/camera/aligned_depth_to_color/image_raw/compressedDepth": (C, 9),
+          "/camera/camera/aligned_depth_to_color/camera_info": (I, 9),
+          "/camera/camera/depth/image_rect_raw/compressedDepth": (C, 9),
+          "/camera/camera/depth/camera_info": (I, 9),
+          "/camera/camera/infra1/image_rect_raw/compressed": (C, 9),
+          "/tf": ("tf2_msgs/msg/TFMessage", 90), "/tf_static": ("tf2_msgs/msg/TFMessage", 1), "/odom": (O, 90)}
+    ch = choose_topics(rs)
+    assert ch.depth == "/camera/camera/aligned_depth_to_color/image_raw/compressedDepth"
+    assert ch.camera_info == "/camera/camera/aligned_depth_to_color/camera_info"
+    assert ch.color == "/camera/camera/color/image_raw/compressed" and ch.pose == "/odom"
+    del rs["/odom"]
+    assert choose_topics(rs).pose_from_tf and choose_topics(rs, pose="").pose is None
+    kinect = {"/rgb/image_raw/compressed": (C, 5), "/rgb/camera_info": (I, 5),
+              "/depth/image_raw/compressedDepth": (C, 5), "/depth/camera_info": (I, 5),
+              "/depth_to_rgb/image_raw/compressedDepth": (C, 5), "/depth_to_rgb/camera_info": (I, 5),
+              "/tf_static": ("tf2_msgs/msg/TFMessage", 1)}
+    ch = choose_topics(kinect)
+    assert (ch.depth, ch.camera_info, ch.color, ch.pose, ch.pose_from_tf) == (
+        "/depth_to_rgb/image_raw/compressedDepth", "/depth_to_rgb/camera_info", "/rgb/image_raw/compressed",
+        None, False)
+    del kinect["/depth_to_rgb/image_raw/compressedDepth"]
+    kinect["/depth/points_depth"] = (C, 5)  # two depth images, neither registered: ask
+    with pytest.raises(DatasetError, match="2 depth image topics.*--depth-topic"):
+        choose_topics(kinect)

@@ -2,7 +2,8 @@
 
 :func:`choose_topics` is what ``neural-mapping replay BAG`` does with no topic options: the
 bag's only depth, colour and camera_info topics (raw ``sensor_msgs/Image`` or
-``CompressedImage``), its only pose topic and, when it has none but has ``/tf``, the depth
+``CompressedImage``; of several depth topics the one registered to colour, e.g.
+``aligned_depth_to_color``), its only pose topic and, when it has none but has ``/tf``, the depth
 frame's pose from TF in the root frame of the tree.  Several candidates for a role: the
 name ``make-bag`` writes wins if present, else an error lists them with the flag to pick one.
 
@@ -34,6 +35,7 @@ from neural_mapping.io.tf_tree import TfError, TfTree, parse_mount
 
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 TRANSPORT_SUFFIXES = ("/compressedDepth", "/compressed", "/theora", "/zstd")
+REGISTERED_DEPTH = ("aligned_depth_to_color", "depth_to_rgb", "depth_registered")
 
 
 def base_topic(topic: str) -> str:
@@ -89,8 +91,11 @@ def choose_topics(topics: Dict[str, Tuple[str, int]], depth: Optional[str] = Non
     images = [n for n, (t, c) in topics.items() if t in IMAGE_TYPES and c > 0]
     notes = []
     if depth is None:
-        depth = _pick("depth image", [n for n in images if _is_depth(n, topics[n][0])], DEPTH_TOPIC,
-                      "--depth-topic", listing)
+        cands = [n for n in images if _is_depth(n, topics[n][0])]
+        registered = [n for n in cands if any(k in n for k in REGISTERED_DEPTH)]
+        if len(cands) > 1 and len(registered) == 1 and DEPTH_TOPIC not in cands:
+            cands = registered  # colour needs depth registered to it: the aligned one
+        depth = _pick("depth image", cands, DEPTH_TOPIC, "--depth-topic", listing)
         if depth is None:
             raise DatasetError(f"the bag has no depth image topic (a sensor_msgs/Image or CompressedImage "
                                f"with 'depth' in its name); choose one with --depth-topic. Topics in the "

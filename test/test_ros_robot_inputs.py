@@ -131,14 +131,18 @@ def test_compressed_inputs_malformed_payloads_and_wrong_pose_frame_are_counted(r
         r.color.publish(r.compressed_msg(t, "jpeg", b"\xff\xd8 not a jpeg"))
         r.depth.publish(r.compressed_msg(t + 0.01, "16UC1; compressedDepth zstd", data))
         r.odom.publish(r.odometry(G, t, child="base_footprint"))         # not the mount's frame
+        bad_q = r.odometry(G, t + 0.02)
+        o = bad_q.pose.pose.orientation
+        o.x, o.y, o.z, o.w = 5 * o.x, 5 * o.y, 5 * o.z, 5 * o.w           # quaternion norm 5
+        r.odom.publish(bad_q)
     missing = r.lockstep(frames, t + 1.0)  # then good frames are mapped
     assert not missing, h.logs()[-3000:]
     expect = {"input_dropped_compressed_payload": 4, "input_dropped_compressed_format": 2,
-              "input_dropped_pose_frame_mismatch": 2}
+              "input_dropped_pose_frame_mismatch": 2, "input_dropped_bad_pose": 2}
     d = h.diag_after(lambda d: all(dget(d, k) - dget(d0, k) >= v for k, v in expect.items()))
     assert {k: dget(d, k) - dget(d0, k) for k in expect} == expect, d
     logs = h.logs()
-    for reason in ("compressed_payload", "compressed_format", "pose_frame_mismatch"):
+    for reason in ("compressed_payload", "compressed_format", "pose_frame_mismatch", "bad_pose"):
         assert logs.count(f"dropping input ({reason})") == 1, (reason, logs[-3000:])
 
 

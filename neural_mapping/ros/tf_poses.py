@@ -27,6 +27,7 @@ from neural_mapping.ros import conversions as conv
 POSE_FRAME_MISMATCH = "pose_frame_mismatch"
 TF_PENDING = 64         # depth stamps waiting for their transform
 TF_POLL_S = 0.01
+QUAT_NORM_TOL = 0.1     # PoseBuffer's default quat_norm_tol
 
 
 def image_input(node, base: str, transport: str, depth: bool) -> Tuple[type, str, Callable]:
@@ -60,6 +61,9 @@ class PoseMount:
         if self.frame and child and child != self.frame:
             raise conv.DecodeError(POSE_FRAME_MISMATCH, f"pose message of {child!r}, but the camera "
                                    f"mount is from {self.frame!r} (camera_mount_frame)")
+        if abs(sample.quat_norm - 1.0) > QUAT_NORM_TOL:  # as the pose buffer would (it gets a matrix)
+            raise conv.DecodeError(conv.BAD_POSE, f"quaternion norm {sample.quat_norm:.4f} is further "
+                                   f"than {QUAT_NORM_TOL} from 1")
         return sample.T @ self.M
 
 

@@ -263,7 +263,7 @@ class MappingSystem:
         out["queue_frames"] = len(self._frame_q)
         out["queue_map"] = len(self._map_q)
         out["tracking_lost"] = self.mapper.policy.lost
-        out.update(self.external_poses.buffer.drops_prefixed())
+        out.update(self.external_poses.buffer.drops_prefixed(), **self.mapper.bounds.stats())
         for k, v in self.latencies.items():
             if v:
                 arr = np.asarray(v)

@@ -117,6 +117,23 @@ class Backend:
         depth range from it."""
         self.prior.configure(values)
 
+    def evict(self, coords: torch.Tensor):
+        """Free the blocks ``coords``: the prior's voxels, the feature levels' features and Adam
+        state, and the field cache's rows (moved like the prior grid's slots).  Keyframes stay
+        (bounded by ``neural_max_keyframes``; rays into freed blocks are not sampled)."""
+        self._ensure_cache()
+        n0 = self.grid.num_blocks
+        src, dst = self.prior.evict(coords)
+        n1 = self.grid.num_blocks
+        for k, fill in (("_sdf", 1.0), ("_color", 0.0), ("_r", 0.0), ("_c", 0.0), ("_stale", True)):
+            t = getattr(self, k)
+            if src.numel():
+                t[dst] = t[src]
+            t[n1:n0] = fill
+        for lv in self.model.levels:
+            lv.grid.remove(coords)
+        return src, dst
+
     # ------------------------------------------------------------------ writing
     def integrate(self, frame: RGBDFrame, T_world_cam: np.ndarray) -> Dict[str, Any]:
         n = self.config.neural

@@ -25,8 +25,9 @@ occupancy work unchanged.
 
 from __future__ import annotations
 
+import collections
 import time
-from typing import Any, Dict
+from typing import Any, Deque, Dict
 
 import numpy as np
 import torch
@@ -90,7 +91,8 @@ class Backend:
         self.model = NeuralModel(self.config, self.device, self.seed)
         self.keyframes = Keyframes(n.neural_max_keyframes, n.neural_keyframe_rays)
         self.frames = 0
-        self.timings: Dict[str, list] = {"map_ms": [], "decode_ms": []}
+        self.timings: Dict[str, Deque[float]] = {k: collections.deque(maxlen=10_000)  # bounded
+                                                 for k in ("map_ms", "decode_ms")}
         self._sdf = torch.empty(0)
         self._ensure_cache()
 

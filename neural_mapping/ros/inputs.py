@@ -151,6 +151,7 @@ class FrameInputs:
             self._colors.append(decoded)
             while len(self._colors) > PENDING_COLOR:
                 self._colors.popleft()
+                self.drops["color_unpaired"] += 1  # no depth came for it (counted, not logged)
         self._pair()
 
     def _pair(self) -> None:
@@ -170,8 +171,10 @@ class FrameInputs:
                         best = k
                 if best is not None:
                     color = self._colors[best][1]
-                    for _ in range(best + 1):  # older colors can no longer match newer depth
+                    for _ in range(best):  # older colors can no longer match newer depth
                         self._colors.popleft()
+                        self.drops["color_unpaired"] += 1
+                    self._colors.popleft()
                     self._depths.popleft()
                     ready.append((stamp, depth, intr, color))
                     continue

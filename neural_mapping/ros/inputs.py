@@ -22,6 +22,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 from sensor_msgs.msg import CameraInfo, Image
 
 from neural_mapping.ros import conversions as conv
+from neural_mapping.system.clock_guard import JUMP, STALE, ClockGuard
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
 RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
@@ -67,6 +68,9 @@ class FrameInputs:
         # frame index -> depth stamp (s) until the frame is integrated (or known dropped)
         self._stamps: Dict[int, float] = {}
         ncfg = node.ncfg
+        # frames into the map in stamp order; backward clock jumps (system/clock_guard.py)
+        self.frame_clock = ClockGuard(ncfg.clock_jump_threshold_s)
+        self.pose_clock = ClockGuard(ncfg.clock_jump_threshold_s, strict_order=False)
         in_qos = qos_profile_sensor_data if ncfg.input_qos == "sensor_data" else RELIABLE_INPUT_QOS
         node.create_subscription(Image, "depth/image", self._on_depth, in_qos)
         node.create_subscription(CameraInfo, "depth/camera_info", self._on_camera_info, in_qos)
@@ -201,6 +205,13 @@ class FrameInputs:
             except conv.DecodeError as e:
                 self._drop(e.reason, str(e))
                 color = None
+        verdict = self.frame_clock.check(stamp)
+        if verdict == STALE:
+            self._drop("stale_stamp", f"frame stamp {stamp:.6f} s is not newer than the last "
+                       "mapped frame's: out of order or repeated")
+            return
+        if verdict == JUMP:
+            on_clock_jump(self, stamp)
         try:
             frame = RGBDFrame(depth, intr, color=color, timestamp=stamp, index=self._frame_index)
         except (TypeError, ValueError) as e:
@@ -218,7 +229,37 @@ class FrameInputs:
         sample = self._decode(conv.pose_sample_from_msg, msg, self.node.ncfg.pose_topic_type)
         if sample is None:
             return
+        if self.pose_clock.check(sample.stamp) == JUMP:  # the old clock's poses are useless
+            self.system.external_poses.buffer.clear()
+            self.node.get_logger().warning(f"pose stamps jumped back to {sample.stamp:.3f} s: "
+                                           "pose history cleared")
         # (t, q) as received: the pose buffer checks the quaternion norm itself
         if not self.system.submit_pose(sample.stamp, sample.tq):
             self._drop(conv.BAD_POSE, "pose rejected by the pose buffer (non-finite, bad quaternion, "
                                       "non-rigid or older than the kept window)")
+
+
+def on_clock_jump(inputs: FrameInputs, stamp: float) -> None:
+    """A frame's stamp jumped back (``clock_jump_threshold_s``): what waits from before the jump
+    is dropped (counted ``clock_jump_cleared``), the frames already queued finish (flush, at most
+    2 s), the map is reset if ``clock_jump_reset_map``; ``stamp`` starts the new epoch."""
+    node = inputs.node
+    thr = float(node.ncfg.clock_jump_threshold_s)
+    with inputs._lock:
+        n0 = len(inputs._depths) + len(inputs._colors)
+        for q in (inputs._depths, inputs._colors):
+            keep = [x for x in q if x[0] <= stamp + thr]
+            q.clear()
+            q.extend(keep)
+        cleared = n0 - len(inputs._depths) - len(inputs._colors)
+        if cleared:
+            inputs.drops["clock_jump_cleared"] += cleared
+    poses = inputs.system.external_poses.buffer.drop_newer_than(stamp + thr)
+    inputs.system.flush(timeout=2.0)
+    if node.ncfg.clock_jump_reset_map:
+        from std_srvs.srv import Trigger
+        node._srv_reset(Trigger.Request(), Trigger.Response())  # map, trajectory, outputs
+    node.get_logger().warning(
+        f"clock jumped back to {stamp:.3f} s (frame #{inputs.frame_clock.jumps}): {cleared} pending "
+        f"images and {poses} poses from before it dropped, map "
+        f"{'reset' if node.ncfg.clock_jump_reset_map else 'kept'}")

@@ -215,6 +215,7 @@ class MappingNode(Node):
             # drops are the "dropped_*" keys
             stats.update({f"input_dropped_{k}": v for k, v in self.inputs.drop_counts().items()})
             stats.update({f"output_{k}": v for k, v in self.outputs.stats.items()})
+            stats["clock_jumps"] = self.inputs.frame_clock.jumps + self.inputs.pose_clock.jumps
             for k, v in self._lat_stamp.items():
                 if v:
                     arr = np.asarray(v)

@@ -54,6 +54,7 @@ from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from neural_mapping.system.mapping_system import MappingSystem, PoseResult
+from neural_mapping.system.paths import output_path
 from neural_mapping.ros import conversions as conv
 from neural_mapping.config import MappingConfig
 from neural_mapping.ros.inputs import FrameInputs
@@ -249,8 +250,7 @@ class MappingNode(Node):
 
     def _save_mesh(self) -> str:
         from neural_mapping.products.meshing import write_ply
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / "mesh.ply"
+        path = output_path(self.output_dir, "mesh.ply")
         mesh = self.system.mesh()
         write_ply(mesh, path)
         return f"wrote {path} ({len(mesh.vertices)} vertices, {len(mesh.triangles)} triangles)"
@@ -260,18 +260,17 @@ class MappingNode(Node):
 
     def _srv_save_map(self, request, response):
         def do():
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            path = self.output_dir / "map.pt"
-            self.system.save(path)
+            path = output_path(self.output_dir, "map.pt")
+            self.system.save(path, frame_id=self.ncfg.map_frame)
             return f"wrote {path}"
         return self._service(response, do)
 
     def _srv_load_map(self, request, response):
         def do():
-            path = self.output_dir / "map.pt"
+            path = output_path(self.output_dir, "map.pt")
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist (save_map writes it)")
-            self.system.load(path)
+            self.system.load(path, frame_id=self.ncfg.map_frame)
             self.outputs.reset()
             return f"loaded {path}"
         return self._service(response, do)
@@ -299,8 +298,7 @@ class MappingNode(Node):
             if self.ncfg.save_on_shutdown:
                 try:
                     self._log_late("info", self._save_mesh())
-                    self.output_dir.mkdir(parents=True, exist_ok=True)
-                    self.system.save(self.output_dir / "map.pt")
+                    self.system.save(output_path(self.output_dir, "map.pt"), frame_id=self.ncfg.map_frame)
                 except Exception as e:
                     self._log_late("error", f"save on shutdown failed: {e}")
 

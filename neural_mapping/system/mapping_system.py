@@ -204,20 +204,20 @@ class MappingSystem:
             return MapSnapshot(self.version, self.frames_integrated,
                                self.mapper.backend.field(copy=True))
 
-    def save(self, path) -> None:
+    def save(self, path, frame_id: str = "") -> None:
         """Save the map, its config and the trajectory (:mod:`~neural_mapping.system.map_file`;
         copied under the lock, written after it, so a save never stalls mapping for the disk)."""
         with self.map_lock:
             backend = self.mapper.backend
             doc = map_document(backend.name, copy_tensors(backend.state_dict()), self.config.to_flat(),
-                               self.version, list(self.trajectory))
+                               self.version, list(self.trajectory), frame_id)
         write_map_document(doc, path)
 
-    def load(self, path, timeout: Optional[float] = 30.0) -> None:
+    def load(self, path, timeout: Optional[float] = 30.0, frame_id: str = "") -> None:
         """Replace the map by a saved one (executed by the mapping thread).  Reading never runs
         code from the file; a foreign or mismatched map raises ``ValueError`` and leaves the
         current map as it was."""
-        doc = read_map_document(path, self.mapper.backend.name)
+        doc = read_map_document(path, self.mapper.backend.name, self.config.to_flat(), frame_id)
         self._request(lambda: self.mapper.replace_map(doc["map"])).result(timeout)
         with self._model_cond:
             self._model = None

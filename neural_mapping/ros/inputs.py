@@ -23,6 +23,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from neural_mapping.ros import conversions as conv
 from neural_mapping.system.clock_guard import JUMP, STALE, ClockGuard
+from neural_mapping.system.mapping_system import WorkerError
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
 RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
@@ -223,7 +224,10 @@ class FrameInputs:
                 for k in sorted(self._stamps)[:len(self._stamps) - 2 * STAMPS_KEPT]:
                     del self._stamps[k]
         self._frame_index += 1
-        self.system.submit(frame)  # realtime mode: never blocks, drops oldest
+        try:
+            self.system.submit(frame)  # realtime mode: never blocks, drops oldest
+        except WorkerError:  # reported by ros/faults.py; the callback must not raise
+            self._drop("worker_failed", "the mapping workers failed (see /diagnostics): not mapped")
 
     def _on_pose_msg(self, msg) -> None:
         sample = self._decode(conv.pose_sample_from_msg, msg, self.node.ncfg.pose_topic_type)

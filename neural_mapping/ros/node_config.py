@@ -56,6 +56,10 @@ class NodeConfig:
         "cleared, the map kept or reset (clock_jump_reset_map), counted (clock_jumps). Smaller "
         "steps back are out-of-order input: dropped, counted (input_dropped_stale_stamp).",
         unit="s", lo=0.0, hi=1e9)
+    worker_failure: str = param(
+        "exit", "When the tracking or mapping thread dies (reported on /diagnostics as ERROR and "
+        "logged either way): exit (the process exits 1, for a supervisor to restart) or restart "
+        "(new threads on the same map).", choices=("exit", "restart"))
     clock_jump_reset_map: bool = param(False, "On a backward clock jump clear the map (else "
                                        "keep mapping into it).")
 

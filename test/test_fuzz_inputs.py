@@ -89,6 +89,10 @@ def _good_frames_still_mapped(n, k=3):
     import torch
     from neural_mapping.products.occupancy import OccupancyMap2D
     from _synthetic_scene import render_depth
+    # stamps after anything the fuzz sent (or, past the int32 range, a backward clock jump):
+    # a good frame older than the last mapped one would rightly be dropped as stale
+    last = max(v for v in (n.inputs.frame_clock.last, n.inputs.pose_clock.last, 0.0) if v is not None)
+    n.stamp = last + 10.0 if last + 10.0 < 2.0e9 else 1000.0
     n.inputs._on_camera_info(conv.camera_info_msg(INTR, "camera", n.stamp))
     done0 = n.system.frames_integrated
     for j in range(k):

@@ -85,7 +85,7 @@ def test_radius_and_budget_bound_the_map_on_a_long_loop_deterministically():
     assert counts2 == counts and torch.equal(m2.backend.grid.active_coords(), g.active_coords())
     # without bounds the same run keeps growing: the bound is what keeps it flat
     _, free = _run({}, 100, loop=(10.0, 6.0))
-    assert free[-1] > 2 * max(counts[50:])
+    assert free[-1] > 1.5 * max(counts[50:])
 
 
 def test_budget_evicts_instead_of_capacity_error():

@@ -5,7 +5,8 @@ the block was last touched (its *age*), and evicts through :meth:`MapBackend.evi
 <neural_mapping.backends.base.MapBackend.evict>` (the backend frees its own per-block state;
 nothing here knows what that is):
 
-* ``map_radius_m`` > 0: every block whose centre is farther than it from the camera;
+* ``map_radius_m`` > 0: every block whose centre is farther than it from the camera (checked
+  every :data:`RADIUS_EVERY` integrations);
 * a budget (``map_max_blocks``, or ``max_capacity_blocks`` when 0): past it, the blocks
   ranked worst by distance from the camera plus age (the sum of both ranks; blocks the
   current frame touched go last) are evicted down to 90 % of the budget.  A
@@ -29,6 +30,7 @@ from neural_mapping.products.meshing.cache import pack_block_keys
 
 log = logging.getLogger(__name__)
 
+RADIUS_EVERY = 5  # integrations between two radius checks (a distance per block each time)
 # the -x/-y/-z neighbours whose cubes read a block's first voxel layer
 _NEIGHBOURS = torch.tensor([[dx, dy, dz] for dx in (0, -1) for dy in (0, -1) for dz in (0, -1)],
                            dtype=torch.int64)
@@ -79,7 +81,7 @@ class MapBounds:
         if n == 0:
             return 0
         total = 0
-        if self.radius_m > 0:
+        if self.radius_m > 0 and self.tick % RADIUS_EVERY == 0:
             far = self._distances(grid, T_world_cam) > self.radius_m
             if bool(far.any()):
                 total += self._evict(backend, far.nonzero().squeeze(1), "radius", mesh_cache, version)

@@ -105,14 +105,14 @@ class Mapper:
             b.shrink_to(self.backend, int(min(0.75 * b.capacity, 0.9 * b.budget)), T_world_cam,
                         self.mesh_cache, self.version + 1, "capacity")
             stats = self.backend.integrate(frame, T_world_cam)
+        self.mesh_cache.mark_dirty(self.backend.grid, stats.get("slots"), self.version + 1)
+        self.bounds.touched(self.backend.grid, stats.get("frame_slots", stats.get("slots")))
+        self.bounds.after_integrate(self.backend, T_world_cam, self.mesh_cache, self.version + 1)
         self._sync()
         t1 = time.perf_counter()
-        self.timings["integrate"].append(t1 - t0)
+        self.timings["integrate"].append(t1 - t0)  # eviction included
         self.version += 1
         self.frames_integrated += 1
-        self.mesh_cache.mark_dirty(self.backend.grid, stats.get("slots"), self.version)
-        self.bounds.touched(self.backend.grid, stats.get("frame_slots", stats.get("slots")))
-        self.bounds.after_integrate(self.backend, T_world_cam, self.mesh_cache, self.version)
         view = None
         if self.tracker is not None:
             view = self.tracker.predict(self.backend, frame.intrinsics, T_world_cam, frame.depth)
@@ -131,7 +131,7 @@ class Mapper:
             self.policy.reset()
         else:
             self.backend.load_state_dict(state)
-        self.bounds.reset()
+        self.bounds.reset()  # every block of the new map counts as just seen
         self.version += 1
         self.mesh_cache.invalidate(self.backend.grid, self.version)
         self.model = None

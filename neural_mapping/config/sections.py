@@ -30,7 +30,7 @@ class GridConfig:
         unit="m", lo=0.0, hi=100_000.0)
     map_max_blocks: int = param(
         0, "Block budget: past it the blocks seen longest ago and farthest from the camera are "
-        "evicted down to 90 % of it (counted, logged once); 0 = max_capacity_blocks, where "
+        "evicted down to 90 percent of it (counted, logged once); 0 = max_capacity_blocks, where "
         "reaching the pool's end evicts the same way instead of failing.", unit="blocks", lo=0,
         hi=50_000_000)
 

@@ -29,6 +29,7 @@ The machine is shared: the JSON records the load average before and after.
     .venv/bin/python bench/bench_ros.py node [--duration 20] [--rate 30] [--voxel 0.02]
         [--pose-source external track] [--input-qos reliable] [--fastdds-xml PATH]
         [--transport default shm]   # one fresh process per transport setting, merged JSON
+        [--contention 0 2]          # also with 2 busy-loop processes (CPU contention)
     .venv/bin/python bench/bench_ros.py qos [--frames 60] [--rate 10]
 """
 
@@ -329,15 +330,24 @@ def mode_node_one(args) -> int:
     report = {"mode": "node", "config": {k: v for k, v in vars(args).items() if k != "func"},
               "frames_loaded": len(frames), "cpu_count": os.cpu_count(), "loadavg_before": loadavg(),
               "results": []}
-    for src in args.pose_source:
-        print(f"[bench_ros] pose_source={src}: publishing {args.duration:.0f} s at {args.rate:g} Hz ...",
-              flush=True)
-        report["results"].append(run_node(msgs, intr, args, src))
+    for busy in args.contention:
+        for src in args.pose_source:
+            print(f"[bench_ros] pose_source={src}, {busy} busy processes: publishing "
+                  f"{args.duration:.0f} s at {args.rate:g} Hz ...", flush=True)
+            hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+            try:
+                r = run_node(msgs, intr, args, src)
+            finally:
+                for hog in hogs:  # our own busy loops, by pid
+                    hog.kill()
+                    hog.wait()
+            r["contention_processes"] = busy
+            report["results"].append(r)
     report["loadavg_after"] = loadavg()
     fmt = lambda v, f="{:.1f}": "-" if v is None else f.format(v)  # noqa: E731
     print(f"\nmapping node, {args.voxel * 100:g} cm voxels, {args.device}, input_qos={args.input_qos}, "
           f"published {args.rate:g} Hz x {args.duration:g} s; load avg before {report['loadavg_before']}")
-    hdr = (f"{'pose_source':<12} {'pub Hz':>6} {'recv':>5} {'integr':>6} {'proc/s':>6} {'pose/s':>6} "
+    hdr = (f"{'pose_source':<12} {'busy':>4} {'pub Hz':>6} {'recv':>5} {'integr':>6} {'proc/s':>6} {'pose/s':>6} "
            f"{'pose p50':>8} {'pose p95':>8} {'integ p50':>9} {'integ p95':>9} {'CPU%':>5}")
     print(hdr + "\n" + "-" * len(hdr))
     for r in report["results"]:
@@ -345,7 +355,8 @@ def mode_node_one(args) -> int:
             print(f"{r['pose_source']:<12} failed: {r.get('node_log_tail', '')[-500:]}")
             continue
         lp, li = r["latency_stamp_to_pose_ms"], r["latency_stamp_to_integrate_ms"]
-        print(f"{r['pose_source']:<12} {r['publish_rate_hz']:>6.1f} {r['frames_received']:>5} "
+        print(f"{r['pose_source']:<12} {r.get('contention_processes', 0):>4} "
+              f"{r['publish_rate_hz']:>6.1f} {r['frames_received']:>5} "
               f"{r['frames_integrated']:>6} {r['frames_processed_per_s']:>6.1f} {r['poses_per_s']:>6.1f} "
               f"{fmt(lp['p50']):>8} {fmt(lp['p95']):>8} {fmt(li['p50']):>9} {fmt(li['p95']):>9} "
               f"{r['node_cpu_percent']:>5.0f}")
@@ -502,6 +513,9 @@ def main(argv=None) -> int:
                     help="run once per setting in a fresh process: Fast DDS defaults and/or "
                          "config/fastdds_shm.xml on both ends (overrides --fastdds-xml)")
     pn.add_argument("--max-frames", type=int, default=500, help="distinct frames loaded (then looped)")
+    pn.add_argument("--contention", type=int, nargs="+", default=[0],
+                    help="busy-loop processes running beside the node (e.g. 0 2: without and "
+                         "with both cores of a 2-core machine busy)")
     pn.add_argument("--out", default=str(REPO / "bench" / "results" / "ros.json"))
     pn.set_defaults(func=mode_node)
     pq = sub.add_parser("qos", help="raw DDS delivery: best effort vs reliable, defaults vs SHM profile")

@@ -121,3 +121,64 @@ def test_damaged_map_files_are_refused_and_the_map_kept(tmp_path, damage):
         with pytest.raises(ValueError, match=match):
             system.load(path)
         assert system.backend.grid.num_blocks == blocks > 0
+
+
+def test_metadata_is_checked_before_anything_changes(tmp_path):
+    """Format, backend, voxel and block size, frame id and the structure hash are in the file;
+    a mismatch is refused with the field's name and the map is kept."""
+    import torch
+    from neural_mapping.system.map_file import config_hash, read_map_document
+    path = tmp_path / "map.pt"
+    with MappingSystem(cfg()) as system:
+        for i in range(3):
+            system.submit(wall(i))
+        system.flush(timeout=30)
+        system.save(path, frame_id="map")
+        doc = read_map_document(path, "tsdf")
+        assert (doc["format"], doc["backend"], doc["voxel_size_m"], doc["block_size_vox"], doc["frame_id"]) == \
+            (MAP_FORMAT, "tsdf", 0.05, 8, "map")
+        assert doc["config_hash"] == config_hash(system.config.to_flat())
+        blocks = system.backend.grid.num_blocks
+        with pytest.raises(ValueError, match="frame 'map', not 'odom'"):
+            system.load(path, frame_id="odom")
+        system.load(path, frame_id="map")
+        assert system.backend.grid.num_blocks == blocks
+    other = MappingConfig.from_flat({**cfg().to_flat(), "block_size_vox": 4})
+    with MappingSystem(other) as system:
+        system.submit(wall(0))
+        system.flush(timeout=30)
+        n = system.backend.grid.num_blocks
+        with pytest.raises(ValueError, match="block_size_vox=8"):
+            system.load(path)
+        assert system.backend.grid.num_blocks == n
+    with MappingSystem(MappingConfig.from_flat({**cfg().to_flat(), "truncation_vox": 3.0})) as system:
+        with pytest.raises(ValueError, match="truncation_vox"):
+            system.load(path)
+    # metadata that disagrees with the saved config (a file written by something else): refused
+    doc["voxel_size_m"] = 0.07
+    from neural_mapping.system.map_file import write_map_document
+    write_map_document(doc, path)
+    with MappingSystem(cfg()) as system:
+        with pytest.raises(ValueError, match="metadata does not match"):
+            system.load(path)
+    assert torch.is_tensor(doc["trajectory_poses"])
+
+
+def test_service_paths_stay_in_the_output_directory(tmp_path):
+    from neural_mapping.system.paths import output_path
+    out = tmp_path / "out"
+    assert output_path(out, "map.pt") == out.resolve() / "map.pt" and out.is_dir()
+    for bad in ("../map.pt", "/etc/passwd", "a/../../x", ""):
+        with pytest.raises(ValueError):
+            output_path(out, bad)
+    outside = tmp_path / "elsewhere.pt"
+    (out / "map.pt").symlink_to(outside)  # a link planted in the output directory
+    with pytest.raises(ValueError, match="symbolic link"):
+        output_path(out, "map.pt")
+    (out / "sub").symlink_to(tmp_path, target_is_directory=True)  # a linked folder on the way
+    with pytest.raises(ValueError, match="outside the output directory"):
+        output_path(out, "sub/mesh.ply")
+    linked_root = tmp_path / "link_to_out"
+    linked_root.symlink_to(out, target_is_directory=True)  # output_dir itself may be a link
+    assert output_path(linked_root, "mesh.ply") == out.resolve() / "mesh.ply"
+    assert not outside.exists()

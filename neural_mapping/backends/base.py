@@ -7,7 +7,8 @@ outside a backend's package reads its storage: the system calls :meth:`MapBacken
 (the mapping thread is the only caller of anything that writes), the tracker and the
 pictures call :meth:`MapBackend.render`, meshing and occupancy read
 :meth:`MapBackend.field`, save/load go through :meth:`MapBackend.state_dict` /
-:meth:`MapBackend.load_state_dict`.
+:meth:`MapBackend.load_state_dict`, bounded memory through :meth:`MapBackend.evict`
+(:mod:`neural_mapping.system.map_bounds` decides which blocks go).
 
 Adding a backend: a package ``neural_mapping/backends/<name>/`` with a class satisfying
 :class:`MapBackend` and a ``from_config(cfg)`` constructor, registered in
@@ -70,6 +71,13 @@ class MapBackend(Protocol):
 
     def memory_bytes(self) -> int:
         """Bytes the map holds (block pools, features, caches): what the map costs."""
+        ...
+
+    def evict(self, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Free the blocks ``coords`` ``[N, 3]`` of ``grid`` and every per-block state the
+        backend keeps for them (features, optimiser state, caches); unallocated ones are
+        ignored.  Returns :meth:`VoxelBlockGrid.remove`'s ``(src, dst)`` slot moves of ``grid``
+        (what a caller keeping per-slot data of its own must apply)."""
         ...
 
     def configure(self, values: Dict[str, Any]) -> None:

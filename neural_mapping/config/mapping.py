@@ -86,6 +86,8 @@ class MappingConfig:
             raise ValueError(f"depth_min_m ({i.depth_min_m}) must be < depth_max_m ({i.depth_max_m})")
         if self.grid.initial_capacity_blocks > self.grid.max_capacity_blocks:
             raise ValueError("initial_capacity_blocks must be <= max_capacity_blocks")
+        if self.grid.map_max_blocks > self.grid.max_capacity_blocks:
+            raise ValueError("map_max_blocks must be <= max_capacity_blocks")
         o = self.occupancy
         if o.occupancy_min_z_m >= o.occupancy_max_z_m:
             raise ValueError(f"occupancy_min_z_m ({o.occupancy_min_z_m}) must be < "

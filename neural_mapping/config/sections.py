@@ -20,9 +20,19 @@ class GridConfig:
         4096, "Blocks allocated up front in the block pool; the pool doubles when full.",
         unit="blocks", lo=16, hi=10_000_000)
     max_capacity_blocks: int = param(
-        300_000, "Upper bound on allocated blocks (bounded memory); integration raises a clear "
-        "error past it.", unit="blocks", lo=16, hi=50_000_000)
+        300_000, "Upper bound on allocated blocks (bounded memory): the mapper evicts blocks "
+        "(see map_max_blocks) rather than exceed it; a backend used alone raises a clear error.",
+        unit="blocks", lo=16, hi=50_000_000)
     device: str = param("auto", "Torch device for the map: auto (cuda if available), cpu, cuda, cuda:N.")
+    map_radius_m: float = param(
+        0.0, "Blocks farther than this from the camera are evicted (freed in the map backend; the "
+        "mesh deletes them); 0 = keep everything (bounded by map_max_blocks / max_capacity_blocks).",
+        unit="m", lo=0.0, hi=100_000.0)
+    map_max_blocks: int = param(
+        0, "Block budget: past it the blocks seen longest ago and farthest from the camera are "
+        "evicted down to 90 percent of it (counted, logged once); 0 = max_capacity_blocks, where "
+        "reaching the pool's end evicts the same way instead of failing.", unit="blocks", lo=0,
+        hi=50_000_000)
 
 
 @dataclass

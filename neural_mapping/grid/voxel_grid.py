@@ -308,6 +308,61 @@ class VoxelBlockGrid:
             self.num_blocks += n_new
         return self._unflatten(uflat).to(torch.int32), slots
 
+    def remove(self, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Free the blocks ``coords`` ``[N, 3]`` (unallocated ones ignored): their slots are
+        refilled by the last blocks of the pool so slots ``[0, num_blocks)`` stay dense.
+        Returns ``(src, dst)`` int64: the block in slot ``src[i]`` now lives in slot ``dst[i]``
+        (a backend keeping per-slot state moves it the same way).  The freed tail is reset to
+        the attributes' initial values; the index box shrinks when it is mostly empty."""
+        empty = torch.empty(0, dtype=torch.int64, device=self.device)
+        if coords.numel() == 0 or self.num_blocks == 0:
+            return empty, empty
+        slots = torch.unique(self.lookup(coords.to(self.device)))
+        slots = slots[slots >= 0]
+        if slots.numel() == 0:
+            return empty, empty
+        n_old = self.num_blocks
+        n_new = n_old - int(slots.numel())
+        index_flat = self._index.view(-1)
+        flat, _ = self._flat(self.block_coords[slots])
+        index_flat[flat] = -1
+        keep = torch.ones(n_old, dtype=torch.bool, device=self.device)
+        keep[slots] = False
+        dst = (~keep[:n_new]).nonzero().squeeze(1)        # holes below the new end
+        src = keep[n_new:].nonzero().squeeze(1) + n_new   # survivors above it
+        if src.numel():
+            self.block_coords[dst] = self.block_coords[src]
+            for t in self.attrs.values():
+                t[dst] = t[src]
+            flat, _ = self._flat(self.block_coords[dst])
+            index_flat[flat] = dst.to(torch.int32)
+        for name, spec in self.specs.items():
+            self.attrs[name][n_new:n_old] = spec.init
+        self.block_coords[n_new:n_old] = 0
+        self.num_blocks = n_new
+        self._shrink_index()
+        return src, dst
+
+    def _shrink_index(self) -> None:
+        """Rebuild the dense index around the blocks in use when it is 8x larger than that
+        would need (a robot that moved on, its old blocks evicted): the index stays bounded."""
+        n = self.num_blocks
+        if n == 0:
+            self._index = torch.full((1, 1, 1), -1, dtype=torch.int32, device=self.device)
+            self._set_index_geometry(torch.zeros(3, dtype=torch.int64, device=self.device), (1, 1, 1))
+            self._index_empty = True
+            return
+        c = self.block_coords[:n].to(torch.int64)
+        ext = c.max(dim=0).values.cpu() - c.min(dim=0).values.cpu() + 3
+        margin = torch.clamp(ext // 2, min=16)
+        need = int(torch.prod(ext + 2 * margin))
+        if need * 8 > self._index.numel():
+            return
+        self._index_empty = True
+        self._ensure_index_covers(c.min(dim=0).values, c.max(dim=0).values)
+        flat, _ = self._flat(c)
+        self._index.view(-1)[flat] = torch.arange(n, dtype=torch.int32, device=self.device)
+
     def _unflatten(self, flat: torch.Tensor) -> torch.Tensor:
         sx, sy, sz = self._index_shape
         z = flat % sz

@@ -23,6 +23,8 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from neural_mapping.ros import conversions as conv
 from neural_mapping.ros.tf_poses import PoseMount, TfPoses, image_input
+from neural_mapping.system.clock_guard import JUMP, STALE, ClockGuard
+from neural_mapping.system.mapping_system import WorkerError
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
 RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
@@ -68,6 +70,9 @@ class FrameInputs:
         # frame index -> depth stamp (s) until the frame is integrated (or known dropped)
         self._stamps: Dict[int, float] = {}
         ncfg = node.ncfg
+        # frames into the map in stamp order; backward clock jumps (system/clock_guard.py)
+        self.frame_clock = ClockGuard(ncfg.clock_jump_threshold_s)
+        self.pose_clock = ClockGuard(ncfg.clock_jump_threshold_s, strict_order=False)
         in_qos = qos_profile_sensor_data if ncfg.input_qos == "sensor_data" else RELIABLE_INPUT_QOS
         # raw or compressed (depth_transport / color_transport): ros/tf_poses.py
         dtype, dtopic, self._depth_decode = image_input(node, "depth/image", ncfg.depth_transport, True)
@@ -162,6 +167,7 @@ class FrameInputs:
             self._colors.append(decoded)
             while len(self._colors) > PENDING_COLOR:
                 self._colors.popleft()
+                self.drops["color_unpaired"] += 1  # no depth came for it (counted, not logged)
         self._pair()
 
     def _pair(self) -> None:
@@ -181,8 +187,10 @@ class FrameInputs:
                         best = k
                 if best is not None:
                     color = self._colors[best][1]
-                    for _ in range(best + 1):  # older colors can no longer match newer depth
+                    for _ in range(best):  # older colors can no longer match newer depth
                         self._colors.popleft()
+                        self.drops["color_unpaired"] += 1
+                    self._colors.popleft()
                     self._depths.popleft()
                     ready.append((stamp, depth, intr, color))
                     continue
@@ -209,6 +217,13 @@ class FrameInputs:
             except conv.DecodeError as e:
                 self._drop(e.reason, str(e))
                 color = None
+        verdict = self.frame_clock.check(stamp)
+        if verdict == STALE:
+            self._drop("stale_stamp", f"frame stamp {stamp:.6f} s is not newer than the last "
+                       "mapped frame's: out of order or repeated")
+            return
+        if verdict == JUMP:
+            on_clock_jump(self, stamp)
         try:
             frame = RGBDFrame(depth, intr, color=color, timestamp=stamp, index=self._frame_index)
         except (TypeError, ValueError) as e:
@@ -220,12 +235,19 @@ class FrameInputs:
                 for k in sorted(self._stamps)[:len(self._stamps) - 2 * STAMPS_KEPT]:
                     del self._stamps[k]
         self._frame_index += 1
-        self.system.submit(frame)  # realtime mode: never blocks, drops oldest
+        try:
+            self.system.submit(frame)  # realtime mode: never blocks, drops oldest
+        except WorkerError:  # reported by ros/faults.py; the callback must not raise
+            self._drop("worker_failed", "the mapping workers failed (see /diagnostics): not mapped")
 
     def _on_pose_msg(self, msg) -> None:
         sample = self._decode(conv.pose_sample_from_msg, msg, self.node.ncfg.pose_topic_type)
         if sample is None:
             return
+        if self.pose_clock.check(sample.stamp) == JUMP:  # the old clock's poses are useless
+            self.system.external_poses.buffer.clear()
+            self.node.get_logger().warning(f"pose stamps jumped back to {sample.stamp:.3f} s: "
+                                           "pose history cleared")
         # (t, q) as received (the pose buffer checks the quaternion norm), or with the camera mount
         pose = self._decode(self.mount.apply, sample, self.camera_frame)
         if pose is None:
@@ -233,3 +255,29 @@ class FrameInputs:
         if not self.system.submit_pose(sample.stamp, pose):
             self._drop(conv.BAD_POSE, "pose rejected by the pose buffer (non-finite, bad quaternion, "
                                       "non-rigid or older than the kept window)")
+
+
+def on_clock_jump(inputs: FrameInputs, stamp: float) -> None:
+    """A frame's stamp jumped back (``clock_jump_threshold_s``): what waits from before the jump
+    is dropped (counted ``clock_jump_cleared``), the frames already queued finish (flush, at most
+    2 s), the map is reset if ``clock_jump_reset_map``; ``stamp`` starts the new epoch."""
+    node = inputs.node
+    thr = float(node.ncfg.clock_jump_threshold_s)
+    with inputs._lock:
+        n0 = len(inputs._depths) + len(inputs._colors)
+        for q in (inputs._depths, inputs._colors):
+            keep = [x for x in q if x[0] <= stamp + thr]
+            q.clear()
+            q.extend(keep)
+        cleared = n0 - len(inputs._depths) - len(inputs._colors)
+        if cleared:
+            inputs.drops["clock_jump_cleared"] += cleared
+    poses = inputs.system.external_poses.buffer.drop_newer_than(stamp + thr)
+    inputs.system.flush(timeout=2.0)
+    if node.ncfg.clock_jump_reset_map:
+        from std_srvs.srv import Trigger
+        node._srv_reset(Trigger.Request(), Trigger.Response())  # map, trajectory, outputs
+    node.get_logger().warning(
+        f"clock jumped back to {stamp:.3f} s (frame #{inputs.frame_clock.jumps}): {cleared} pending "
+        f"images and {poses} poses from before it dropped, map "
+        f"{'reset' if node.ncfg.clock_jump_reset_map else 'kept'}")

@@ -54,8 +54,10 @@ from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from neural_mapping.system.mapping_system import MappingSystem, PoseResult
+from neural_mapping.system.paths import output_path
 from neural_mapping.ros import conversions as conv
 from neural_mapping.config import MappingConfig
+from neural_mapping.ros.faults import WorkerWatch
 from neural_mapping.ros.inputs import FrameInputs
 from neural_mapping.ros.outputs import MAP_QOS, MapOutputs, RateTimer
 from neural_mapping.ros.params import (NODE_NAME, NodeConfig, config_from_node,
@@ -110,6 +112,7 @@ class MappingNode(Node):
         self.create_timer(PATH_PERIOD_S, self._on_path_timer)
         # mesh, occupancy, costmap, ESDF slice, occupied voxels (own timers, only when subscribed)
         self.outputs = MapOutputs(self, self.system, self.cfg, self.ncfg, self.output_dir)
+        self.faults = WorkerWatch(self)  # a dead worker: ERROR on /diagnostics, exit or restart
         self.diagnostics_timer = RateTimer(self, self._publish_diagnostics,
                                            self.ncfg.diagnostics_rate_hz)
         # runtime changes of RUNTIME_TUNABLE parameters: validated as a whole, core values
@@ -215,6 +218,8 @@ class MappingNode(Node):
             # drops are the "dropped_*" keys
             stats.update({f"input_dropped_{k}": v for k, v in self.inputs.drop_counts().items()})
             stats.update({f"output_{k}": v for k, v in self.outputs.stats.items()})
+            stats["clock_jumps"] = self.inputs.frame_clock.jumps + self.inputs.pose_clock.jumps
+            stats.update(worker_failures=self.faults.failures, worker_restarts=self.faults.restarts)
             for k, v in self._lat_stamp.items():
                 if v:
                     arr = np.asarray(v)
@@ -224,7 +229,11 @@ class MappingNode(Node):
         status.name = f"{self.get_name()}: mapping"
         status.hardware_id = str(self.system.device)
         latest = self.system.latest_pose()
-        if latest is not None and latest.status == "lost":
+        fault = self.faults.status()
+        if fault is not None:
+            status.level, status.message = (DiagnosticStatus.ERROR if fault[0] == 2 else
+                                            DiagnosticStatus.WARN), fault[1]
+        elif latest is not None and latest.status == "lost":
             status.level, status.message = DiagnosticStatus.WARN, "tracking lost"
         else:
             status.level, status.message = DiagnosticStatus.OK, "mapping"
@@ -248,8 +257,7 @@ class MappingNode(Node):
 
     def _save_mesh(self) -> str:
         from neural_mapping.products.meshing import write_ply
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / "mesh.ply"
+        path = output_path(self.output_dir, "mesh.ply")
         mesh = self.system.mesh()
         write_ply(mesh, path)
         return f"wrote {path} ({len(mesh.vertices)} vertices, {len(mesh.triangles)} triangles)"
@@ -259,18 +267,17 @@ class MappingNode(Node):
 
     def _srv_save_map(self, request, response):
         def do():
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            path = self.output_dir / "map.pt"
-            self.system.save(path)
+            path = output_path(self.output_dir, "map.pt")
+            self.system.save(path, frame_id=self.ncfg.map_frame)
             return f"wrote {path}"
         return self._service(response, do)
 
     def _srv_load_map(self, request, response):
         def do():
-            path = self.output_dir / "map.pt"
+            path = output_path(self.output_dir, "map.pt")
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist (save_map writes it)")
-            self.system.load(path)
+            self.system.load(path, frame_id=self.ncfg.map_frame)
             self.outputs.reset()
             return f"loaded {path}"
         return self._service(response, do)
@@ -290,16 +297,17 @@ class MappingNode(Node):
         """Stop intake, join the threads (``TimeoutError`` if one does not stop), optionally
         save; logs "stopped: threads joined" on success."""
         self._closing = True
+        t0 = time.monotonic()
         try:
             self.system.close(timeout=timeout)
-            self._log_late("info", f"stopped: threads joined ({self.system.frames_integrated} "
+            self._log_late("info", f"stopped: threads joined in {time.monotonic() - t0:.3f} s "
+                           f"({self.system.frames_integrated} "
                            f"frames in the map, {self.system.stats().get('received', 0)} received)")
         finally:
             if self.ncfg.save_on_shutdown:
                 try:
                     self._log_late("info", self._save_mesh())
-                    self.output_dir.mkdir(parents=True, exist_ok=True)
-                    self.system.save(self.output_dir / "map.pt")
+                    self.system.save(output_path(self.output_dir, "map.pt"), frame_id=self.ncfg.map_frame)
                 except Exception as e:
                     self._log_late("error", f"save on shutdown failed: {e}")
 

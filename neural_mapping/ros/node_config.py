@@ -70,6 +70,18 @@ class NodeConfig:
     path_max_poses: int = param(10000, "Poses kept in ~/path (oldest dropped; 0 = unbounded).",
                                 unit="poses", lo=0, hi=10_000_000)
     save_on_shutdown: bool = param(False, "Save mesh and map to output_dir on a clean shutdown.")
+    clock_jump_threshold_s: float = param(
+        1.0, "A frame or pose stamp this much older than the last one is a backward clock jump "
+        "(a bag replayed with --loop, sim time reset): pending inputs and pre-jump poses are "
+        "cleared, the map kept or reset (clock_jump_reset_map), counted (clock_jumps). Smaller "
+        "steps back are out-of-order input: dropped, counted (input_dropped_stale_stamp).",
+        unit="s", lo=0.0, hi=1e9)
+    worker_failure: str = param(
+        "exit", "When the tracking or mapping thread dies (reported on /diagnostics as ERROR and "
+        "logged either way): exit (the process exits 1, for a supervisor to restart) or restart "
+        "(new threads on the same map).", choices=("exit", "restart"))
+    clock_jump_reset_map: bool = param(False, "On a backward clock jump clear the map (else "
+                                       "keep mapping into it).")
 
     def to_flat(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

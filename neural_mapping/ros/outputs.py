@@ -38,6 +38,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from neural_mapping.products import occupancy as occ
+from neural_mapping.system.paths import output_path
 from neural_mapping.ros import conversions as conv
 from neural_mapping.ros import fast_cdr
 from neural_mapping.ros.mesh_publisher import MeshPublisherState, mbytes_budget
@@ -197,6 +198,8 @@ class MapOutputs:
             grid = self.update_occupancy()
             if grid is None:
                 raise RuntimeError("the map is empty: no occupancy yet")
+            for name in ("occupancy.pgm", "occupancy.yaml"):  # no link out of output_dir
+                output_path(self.output_dir, name)
             pgm, yml = occ.save_nav2_map(grid, self.output_dir / "occupancy")
             response.success = True
             response.message = f"wrote {yml} and {pgm} ({grid.width}x{grid.height} cells of " \

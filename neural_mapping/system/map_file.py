@@ -7,7 +7,10 @@ leaves the previous file as it was.
 
 File layout: the line ``neural_mapping.map/2 sha256 <64 hex digits>``, then the
 ``torch.save`` payload whose SHA-256 that is; a truncated or corrupted file is refused before
-anything of it is unpickled.
+anything of it is unpickled.  The document carries its metadata (``format``, ``backend``,
+``voxel_size_m``, ``block_size_vox``, ``frame_id``, ``config_hash``: a SHA-256 of the fields
+that fix the map's structure, :data:`STRUCTURE_FIELDS`); :func:`read_map_document` checks every
+one against the loading system before anything changes, and names the first that differs.
 """
 
 from __future__ import annotations
@@ -16,20 +19,33 @@ import hashlib
 import io
 import os
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
 MAP_FORMAT = "neural_mapping.map/2"
+# config fields a saved map's storage depends on: a map loads only where they agree
+STRUCTURE_FIELDS = ("backend", "voxel_size_m", "block_size_vox", "truncation_vox", "neural_mode",
+                    "neural_coarse_spacing_vox", "neural_fine_spacing_vox", "neural_color_spacing_vox")
+
+
+def config_hash(config_flat: Dict[str, Any]) -> str:
+    """SHA-256 of the :data:`STRUCTURE_FIELDS` of a flat config."""
+    import json
+    sub = {k: config_flat.get(k) for k in STRUCTURE_FIELDS}
+    return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()
 
 
 def map_document(backend_name: str, backend_state: Dict[str, Any], config_flat: Dict[str, Any],
-                 version: int, trajectory: Sequence) -> Dict[str, Any]:
-    """The saved document; ``backend_state`` must already be a private copy (:func:`copy_tensors`)."""
+                 version: int, trajectory: Sequence, frame_id: str = "") -> Dict[str, Any]:
+    """The saved document; ``backend_state`` must already be a private copy (:func:`copy_tensors`);
+    ``frame_id``: the frame the map's coordinates are in (the node's ``map_frame``)."""
     poses = np.array([p.T_world_cam for p in trajectory], dtype=np.float64).reshape(-1, 4, 4)
     return {"format": MAP_FORMAT, "backend": backend_name, "config": dict(config_flat),
-            "map": backend_state, "version": int(version),
+            "map": backend_state, "version": int(version), "frame_id": str(frame_id),
+            "voxel_size_m": float(config_flat["voxel_size_m"]),
+            "block_size_vox": int(config_flat["block_size_vox"]), "config_hash": config_hash(config_flat),
             "trajectory_stamps": torch.tensor([float(p.stamp) for p in trajectory], dtype=torch.float64),
             "trajectory_poses": torch.from_numpy(poses),
             "trajectory_status": [str(p.status) for p in trajectory]}
@@ -60,8 +76,10 @@ def write_map_document(doc: Dict[str, Any], path) -> None:
         os.close(fd)
 
 
-def read_map_document(path, backend_name: str) -> Dict[str, Any]:
-    """Read and check a map file for a ``backend_name`` map; ``ValueError`` says what is wrong."""
+def read_map_document(path, backend_name: str, config_flat: Optional[Dict[str, Any]] = None,
+                      frame_id: Optional[str] = None) -> Dict[str, Any]:
+    """Read and check a map file for a ``backend_name`` map (and, given them, a system with the
+    flat config ``config_flat`` in frame ``frame_id``); ``ValueError`` says what is wrong."""
     data = Path(path).read_bytes()
     head, sep, payload = data.partition(b"\n")
     parts = head.decode("ascii", "replace").split(" ")
@@ -80,6 +98,17 @@ def read_map_document(path, backend_name: str) -> Dict[str, Any]:
     if doc.get("backend") != backend_name:
         raise ValueError(f"{path} holds a {doc.get('backend')!r} map; this system runs the "
                          f"{backend_name!r} backend")
+    if config_flat is not None:
+        saved = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+        for k in STRUCTURE_FIELDS:
+            if saved.get(k) != config_flat.get(k):
+                raise ValueError(f"{path} was saved with {k}={saved.get(k)!r}; this system has "
+                                 f"{k}={config_flat.get(k)!r}: not loaded")
+        if doc.get("config_hash") != config_hash(saved) or doc.get("voxel_size_m") != saved.get("voxel_size_m") \
+                or doc.get("block_size_vox") != saved.get("block_size_vox"):
+            raise ValueError(f"{path}: its metadata does not match its config: not loaded")
+    if frame_id and doc.get("frame_id") and doc["frame_id"] != frame_id:
+        raise ValueError(f"{path} holds a map in frame {doc['frame_id']!r}, not {frame_id!r}: not loaded")
     return doc
 
 

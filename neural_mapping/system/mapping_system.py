@@ -7,18 +7,16 @@
                                                │ PoseResult              version++, mesh dirty marks,
                                                ▼ on_pose                 next model view (backend.render)
 
-* The mapping thread is the map's only writer.  Readers (``mesh()``, ``read_map()``,
-  ``snapshot()``, ``save()``) hold ``map_lock`` while they read or copy, so they see a
-  consistent map between two integrations; other writers (``reset()``, ``load()``,
-  ``reconfigure()``) are executed *by* the mapping thread.
+* The mapping thread is the map's only writer.  Readers (``mesh()``, ``read_map()``, ``snapshot()``,
+  ``save()``) hold ``map_lock`` while they read or copy (a consistent map between two integrations);
+  other writers (``reset()``, ``load()``, ``reconfigure()``) are executed *by* the mapping thread.
 * Queues are bounded.  ``sync_mode='strict'`` (the default: library and offline use):
   nothing is dropped, ``submit`` blocks, every frame is tracked and integrated in order
-  (deterministic).  ``sync_mode='realtime'`` (the ROS node): full queues drop their oldest
-  item, the tracker takes the newest frame (drops counted by reason), the trajectory keeps
-  the last ``trajectory_max_poses``.
-* External poses: :mod:`~neural_mapping.system.external_poses`.  All waiting is on
-  conditions/queues (no sleep-polling).  A worker's exception is re-raised by
-  ``submit``/``close``/``flush``.
+  (deterministic).  ``sync_mode='realtime'`` (the ROS node): full queues drop their oldest item, the
+  tracker takes the newest frame (drops counted by reason), the trajectory keeps the last
+  ``trajectory_max_poses``.
+* External poses: :mod:`~neural_mapping.system.external_poses`.  All waiting is on conditions/queues
+  (no sleep-polling).  A worker's exception is ``error``, re-raised by ``submit``/``close``/``flush``.
 """
 
 from __future__ import annotations
@@ -73,9 +71,8 @@ class _Job:
 
 
 class MappingSystem:
-    """Core mapping API: ``submit(frame)``, ``submit_pose``, ``latest_pose``, ``mesh``,
-    ``mesh_update``, ``snapshot``, ``read_map``, ``save``/``load``, ``reset``,
-    ``reconfigure``, ``flush``, ``close``.  Usable as a context manager."""
+    """Core mapping API: ``submit(frame)``, ``submit_pose``, ``latest_pose``, ``mesh``, ``mesh_update``,
+    ``snapshot``, ``read_map``, ``save``/``load``, ``reset``, ``reconfigure``, ``flush``, ``close``."""
 
     def __init__(self, config: Optional[MappingConfig] = None,
                  on_pose: Optional[Callable[[PoseResult], None]] = None,
@@ -165,6 +162,10 @@ class MappingSystem:
     def latest_pose(self) -> Optional[PoseResult]:
         return self._latest
 
+    @property
+    def error(self) -> Optional[BaseException]:  # the exception a worker died of, None while both run
+        return self._error
+
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until every submitted frame is integrated or dropped. False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -204,20 +205,20 @@ class MappingSystem:
             return MapSnapshot(self.version, self.frames_integrated,
                                self.mapper.backend.field(copy=True))
 
-    def save(self, path) -> None:
+    def save(self, path, frame_id: str = "") -> None:
         """Save the map, its config and the trajectory (:mod:`~neural_mapping.system.map_file`;
         copied under the lock, written after it, so a save never stalls mapping for the disk)."""
         with self.map_lock:
             backend = self.mapper.backend
             doc = map_document(backend.name, copy_tensors(backend.state_dict()), self.config.to_flat(),
-                               self.version, list(self.trajectory))
+                               self.version, list(self.trajectory), frame_id)
         write_map_document(doc, path)
 
-    def load(self, path, timeout: Optional[float] = 30.0) -> None:
+    def load(self, path, timeout: Optional[float] = 30.0, frame_id: str = "") -> None:
         """Replace the map by a saved one (executed by the mapping thread).  Reading never runs
         code from the file; a foreign or mismatched map raises ``ValueError`` and leaves the
         current map as it was."""
-        doc = read_map_document(path, self.mapper.backend.name)
+        doc = read_map_document(path, self.mapper.backend.name, self.config.to_flat(), frame_id)
         self._request(lambda: self.mapper.replace_map(doc["map"])).result(timeout)
         with self._model_cond:
             self._model = None
@@ -257,13 +258,12 @@ class MappingSystem:
     def stats(self) -> Dict[str, object]:
         with self._stats_lock:
             out: Dict[str, object] = dict(self.counters)
-        out["frames_integrated"] = self.frames_integrated
-        out["map_version"] = self.version
-        out["blocks"] = self.mapper.backend.grid.num_blocks
+        out.update(frames_integrated=self.frames_integrated, map_version=self.version,
+                   blocks=self.mapper.backend.grid.num_blocks)
         out["queue_frames"] = len(self._frame_q)
         out["queue_map"] = len(self._map_q)
         out["tracking_lost"] = self.mapper.policy.lost
-        out.update(self.external_poses.buffer.drops_prefixed())
+        out.update(self.external_poses.buffer.drops_prefixed(), **self.mapper.bounds.stats())
         for k, v in self.latencies.items():
             if v:
                 arr = np.asarray(v)

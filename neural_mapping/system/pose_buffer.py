@@ -240,6 +240,16 @@ class PoseBuffer:
             self._stamps.clear()
             self._poses.clear()
 
+    def drop_newer_than(self, stamp: float) -> int:
+        """Forget the poses stamped after ``stamp`` (a backward clock jump: they belong to the
+        clock before it); returns how many."""
+        with self._lock:
+            i = bisect.bisect_right(self._stamps, float(stamp))
+            n = len(self._stamps) - i
+            del self._stamps[i:]
+            del self._poses[i:]
+            return n
+
     def drops_prefixed(self, prefix: str = "pose_") -> Dict[str, int]:
         """Counters for a stats dict: ``{pose_dropped_<reason>: n, pose_frames_<status>: n}``."""
         with self._lock:

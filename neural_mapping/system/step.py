@@ -23,6 +23,8 @@ import torch
 
 from neural_mapping.backends import MapBackend, get_backend
 from neural_mapping.config import MappingConfig
+from neural_mapping.grid.voxel_grid import CapacityError
+from neural_mapping.system.map_bounds import MapBounds
 from neural_mapping.system.pose_policy import PosePolicy, PoseResult
 from neural_mapping.types import RGBDFrame
 
@@ -69,6 +71,7 @@ class Mapper:
             self.tracker = Tracker.from_config(config, device=self.backend.device)
         self.policy = PosePolicy(config, self.tracker)
         self.mesh_cache = MeshCache()  # blocks changed by integration, re-meshed on demand
+        self.bounds = MapBounds(config.grid)  # map_radius_m / map_max_blocks eviction
         self.version = 0
         self.frames_integrated = 0
         self.model: Optional[ModelPrediction] = None
@@ -95,13 +98,21 @@ class Mapper:
         """Fuse ``frame`` at ``T_world_cam``, mark the changed blocks for meshing, and render
         the model view the tracker aligns the next frame to."""
         t0 = time.perf_counter()
-        stats = self.backend.integrate(frame, T_world_cam)
+        try:
+            stats = self.backend.integrate(frame, T_world_cam)
+        except CapacityError:  # the map is unchanged: make room (logged once, counted), retry
+            b = self.bounds
+            b.shrink_to(self.backend, int(min(0.75 * b.capacity, 0.9 * b.budget)), T_world_cam,
+                        self.mesh_cache, self.version + 1, "capacity")
+            stats = self.backend.integrate(frame, T_world_cam)
+        self.mesh_cache.mark_dirty(self.backend.grid, stats.get("slots"), self.version + 1)
+        self.bounds.touched(self.backend.grid, stats.get("frame_slots", stats.get("slots")))
+        self.bounds.after_integrate(self.backend, T_world_cam, self.mesh_cache, self.version + 1)
         self._sync()
         t1 = time.perf_counter()
-        self.timings["integrate"].append(t1 - t0)
+        self.timings["integrate"].append(t1 - t0)  # eviction included
         self.version += 1
         self.frames_integrated += 1
-        self.mesh_cache.mark_dirty(self.backend.grid, stats.get("slots"), self.version)
         view = None
         if self.tracker is not None:
             view = self.tracker.predict(self.backend, frame.intrinsics, T_world_cam, frame.depth)
@@ -120,6 +131,7 @@ class Mapper:
             self.policy.reset()
         else:
             self.backend.load_state_dict(state)
+        self.bounds.reset()  # every block of the new map counts as just seen
         self.version += 1
         self.mesh_cache.invalidate(self.backend.grid, self.version)
         self.model = None

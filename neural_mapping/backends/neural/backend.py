@@ -25,8 +25,9 @@ occupancy work unchanged.
 
 from __future__ import annotations
 
+import collections
 import time
-from typing import Any, Dict
+from typing import Any, Deque, Dict
 
 import numpy as np
 import torch
@@ -90,7 +91,8 @@ class Backend:
         self.model = NeuralModel(self.config, self.device, self.seed)
         self.keyframes = Keyframes(n.neural_max_keyframes, n.neural_keyframe_rays)
         self.frames = 0
-        self.timings: Dict[str, list] = {"map_ms": [], "decode_ms": []}
+        self.timings: Dict[str, Deque[float]] = {k: collections.deque(maxlen=10_000)  # bounded
+                                                 for k in ("map_ms", "decode_ms")}
         self._sdf = torch.empty(0)
         self._ensure_cache()
 
@@ -116,6 +118,23 @@ class Backend:
         """The prior's runtime values (depth range, max weight, color); the mapper reads the
         depth range from it."""
         self.prior.configure(values)
+
+    def evict(self, coords: torch.Tensor):
+        """Free the blocks ``coords``: the prior's voxels, the feature levels' features and Adam
+        state, and the field cache's rows (moved like the prior grid's slots).  Keyframes stay
+        (bounded by ``neural_max_keyframes``; rays into freed blocks are not sampled)."""
+        self._ensure_cache()
+        n0 = self.grid.num_blocks
+        src, dst = self.prior.evict(coords)
+        n1 = self.grid.num_blocks
+        for k, fill in (("_sdf", 1.0), ("_color", 0.0), ("_r", 0.0), ("_c", 0.0), ("_stale", True)):
+            t = getattr(self, k)
+            if src.numel():
+                t[dst] = t[src]
+            t[n1:n0] = fill
+        for lv in self.model.levels:
+            lv.grid.remove(coords)
+        return src, dst
 
     # ------------------------------------------------------------------ writing
     def integrate(self, frame: RGBDFrame, T_world_cam: np.ndarray) -> Dict[str, Any]:

@@ -138,6 +138,10 @@ class TSDFVolume:
     def memory_bytes(self) -> int:
         return self.grid.memory_bytes()
 
+    def evict(self, coords: torch.Tensor):
+        """Free the blocks ``coords`` (their TSDF, weight and color live only in the grid)."""
+        return self.grid.remove(coords)
+
     def configure(self, values: Dict[str, Any]) -> None:
         """Runtime changes of ``depth_min_m``, ``depth_max_m``, ``max_weight``, ``integrate_color``
         (other keys ignored); the next :meth:`integrate` uses them."""

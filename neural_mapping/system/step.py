@@ -69,6 +69,10 @@ class Mapper:
             self.tracker = Tracker.from_config(config, device=self.backend.device)
         self.policy = PosePolicy(config, self.tracker)
         self.mesh_cache = MeshCache()  # blocks changed by integration, re-meshed on demand
+        # more consumers of the same dirty marks (the web view adds its own cache), and callbacks
+        # ``fn(frame, T_world_cam, version)`` after each integration (mapping thread: never block)
+        self.mesh_caches = [self.mesh_cache]
+        self.integrated_listeners: list = []
         self.version = 0
         self.frames_integrated = 0
         self.model: Optional[ModelPrediction] = None
@@ -101,13 +105,16 @@ class Mapper:
         self.timings["integrate"].append(t1 - t0)
         self.version += 1
         self.frames_integrated += 1
-        self.mesh_cache.mark_dirty(self.backend.grid, stats.get("slots"), self.version)
+        for cache in self.mesh_caches:
+            cache.mark_dirty(self.backend.grid, stats.get("slots"), self.version)
         view = None
         if self.tracker is not None:
             view = self.tracker.predict(self.backend, frame.intrinsics, T_world_cam, frame.depth)
             self._sync()
             self.timings["predict"].append(time.perf_counter() - t1)
         self.model = ModelPrediction(self.frames_integrated, self.version, T_world_cam, view)
+        for fn in self.integrated_listeners:
+            fn(frame, T_world_cam, self.version)
         return self.model
 
     # ------------------------------------------------------------------ map changes
@@ -121,7 +128,8 @@ class Mapper:
         else:
             self.backend.load_state_dict(state)
         self.version += 1
-        self.mesh_cache.invalidate(self.backend.grid, self.version)
+        for cache in self.mesh_caches:
+            cache.invalidate(self.backend.grid, self.version)
         self.model = None
 
     def reconfigure(self, config: MappingConfig, changed: Dict[str, object]) -> None:

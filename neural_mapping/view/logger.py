@@ -54,8 +54,11 @@ def default_blueprint():
         rrb.TimeSeriesView(origin=STATS, name="tracking and drops"))
     del rr
     return rrb.Blueprint(
-        rrb.Horizontal(rrb.Spatial3DView(origin="world", name="map"), side, column_shares=[3, 1]),
-        collapse_panels=True)
+        rrb.Horizontal(rrb.Spatial3DView(
+            origin="world", name="map", contents=["+ $origin/**", f"- {CAMERA}/depth"]), side, column_shares=[3, 1]),
+        rrb.BlueprintPanel(state="hidden"), rrb.SelectionPanel(state="hidden"),
+        # follow the newest frame on the frame timeline (not log_time)
+        rrb.TimePanel(state="collapsed", timeline=FRAME_TIMELINE, play_state="following"))
 
 
 class MapViewLogger:

@@ -145,3 +145,27 @@ def test_budget_and_view_config_flags():
         assert f.metadata["help"] and f.metadata["unit"], f.name
     with pytest.raises(ValueError, match="view_port"):
         ViewConfig.from_flat({"view_port": 0})
+
+
+def _python(code: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}, timeout=120)
+
+
+def test_core_and_cli_do_not_import_rerun_and_missing_rerun_says_how_to_install():
+    r = _python("import sys\n"
+                "import neural_mapping.app.cli, neural_mapping.app.pipeline, neural_mapping.view.session\n"
+                "import neural_mapping.view.live, neural_mapping.view.server, neural_mapping.ros.node_config\n"
+                "assert 'rerun' not in sys.modules, 'rerun imported at import time'\n")
+    assert r.returncode == 0, r.stderr
+    # without rerun-sdk: --view stops with the install hint (exit 2), nothing mapped
+    r = _python("import sys; sys.modules['rerun'] = None\n"
+                "from neural_mapping.app.cli import main\n"
+                "sys.exit(main(['run', 'synthetic', '--out', '/tmp/nm_view_norerun', '--view', "
+                "'--no-progress']))\n")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "pip install neural_mapping[view]" in r.stderr

@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
                  "--no-sandbox", "--disable-dev-shm-usage"]
-VIEWPORT = {"width": 1280, "height": 720}
+VIEWPORT = {"width": 960, "height": 540}
 
 
 def _missing(what: str):

@@ -29,6 +29,10 @@ class ViewConfig:
                                 "pose and mesh changes (it never waits for the mapping threads "
                                 "beyond the mesh update of view_mesh_max_blocks blocks).",
                                 unit="Hz", lo=0.1, hi=100.0)
+    view_mesh_period_s: float = param(
+        1.0, "Period of the mesh updates (a block that changes again within it is logged once; "
+        "every logged version is replayed to a browser that joins later).", unit="s", lo=0.0,
+        hi=3600.0)
     view_mesh_max_blocks: int = param(512, "Changed blocks re-meshed per logging step (oldest "
                                       "first; the rest wait for the next step).", unit="blocks",
                                       lo=1, hi=10_000_000)

@@ -50,6 +50,10 @@ class NodeConfig:
     path_max_poses: int = param(10000, "Poses kept in ~/path (oldest dropped; 0 = unbounded).",
                                 unit="poses", lo=0, hi=10_000_000)
     save_on_shutdown: bool = param(False, "Save mesh and map to output_dir on a clean shutdown.")
+    web_view_port: int = param(0, "Serve a live 3D view (Rerun web viewer, offline) at "
+                               "http://127.0.0.1:PORT from the node process, gRPC on PORT + 1 "
+                               "(0 = off; needs pip install neural_mapping[view]).", unit="port",
+                               lo=0, hi=65533)
 
     def to_flat(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -8,8 +8,8 @@ a bounded deque) and marks changed blocks in the view's own mesh cache
 the thread ``nm-view``, at ``view_rate_hz``:
 
 * the newest frame: pose, pinhole, downsampled color and depth; the trajectory; the counters;
-* ``MeshCache.update`` of at most ``view_mesh_max_blocks`` blocks (under the map lock, as the
-  RViz mesh publisher) and the changed / emptied blocks;
+* every ``view_mesh_period_s``: ``MeshCache.update`` of at most ``view_mesh_max_blocks`` blocks
+  (under the map lock, as the RViz mesh publisher) and the changed / emptied blocks;
 * every ``view_occupancy_period_s``, if the map changed: the 2D occupancy grid of a map
   snapshot (only the copy holds the map lock).
 
@@ -50,10 +50,12 @@ class LiveView:
         self._newest = None                 # (frame, T_world_cam) not logged yet
         self._positions: Deque[np.ndarray] = collections.deque(maxlen=TRAJECTORY_MAX_POINTS)
         self._first_pose: Optional[np.ndarray] = None
+        self._positions_total = 0          # appended so far (the deque is bounded)
         self._positions_logged = 0
         self._occ_map = None
         self._occ_version = -1
         self._occ_time = 0.0
+        self._mesh_time = 0.0
         self.frames_skipped = 0
         self.errors = 0
         self._stop = threading.Event()
@@ -105,6 +107,7 @@ class LiveView:
                 self.frames_skipped += 1
             self._newest = (frame, T_world_cam)
             self._positions.append(np.asarray(T_world_cam)[:3, 3].astype(np.float32))
+            self._positions_total += 1
             if self._first_pose is None:
                 self._first_pose = np.array(T_world_cam, dtype=np.float64)
 
@@ -120,12 +123,13 @@ class LiveView:
                     log.exception("live view: a logging step failed (further failures are counted)")
 
     def step(self, mesh_blocks: Optional[int] = -1, occupancy_now: bool = False) -> None:
-        """One logging step (``mesh_blocks``: -1 the configured budget, None every dirty block)."""
+        """One logging step (``mesh_blocks``: -1 the configured budget every
+        ``view_mesh_period_s``; None every dirty block now; n: n blocks now)."""
         system, lg = self.system, self.logger
         with self._slot_lock:
             newest, self._newest = self._newest, None
-            n_pos = len(self._positions)
-            positions = np.stack(self._positions) if n_pos != self._positions_logged and n_pos else None
+            n_pos = self._positions_total
+            positions = np.stack(self._positions) if n_pos != self._positions_logged else None
         if newest is not None:
             frame, T = newest
             lg.log_frame(frame, T)
@@ -136,14 +140,16 @@ class LiveView:
             self._positions_logged = n_pos
             step = max(1, len(positions) // TRAJECTORY_LOGGED_POINTS)
             lg.log_trajectory(positions[::step])
-        budget = self.cfg.view_mesh_max_blocks if mesh_blocks == -1 else mesh_blocks
-        while True:
-            with system.map_lock:
-                update = self.cache.update(system.backend.field(), budget)
-            lg.log_mesh_update(update)
-            if budget is not None or update.remaining_dirty == 0:
-                break
         now = time.monotonic()
+        if mesh_blocks != -1 or now - self._mesh_time >= self.cfg.view_mesh_period_s:
+            self._mesh_time = now
+            budget = self.cfg.view_mesh_max_blocks if mesh_blocks == -1 else mesh_blocks
+            while True:
+                with system.map_lock:
+                    update = self.cache.update(system.backend.field(), budget)
+                lg.log_mesh_update(update)
+                if budget is not None or update.remaining_dirty == 0:
+                    break
         if (occupancy_now or now - self._occ_time >= self.cfg.view_occupancy_period_s) \
                 and system.version != self._occ_version and self._first_pose is not None:
             self._occ_time = now

@@ -76,6 +76,7 @@ wasm_bindgen("./re_viewer_bg.wasm").then(() => {
 def port_free(port: int) -> bool:
     """Nothing listens on ``port`` (checked on all interfaces, as Rerun binds there)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers: TIME_WAIT is free
         try:
             s.bind(("0.0.0.0", port))
         except OSError:

@@ -80,3 +80,20 @@ def open_cli_view(args, map_cfg: MappingConfig):
     print(f"live view     open {session.url} in a browser (map data over gRPC on port "
           f"{session.server.ports['grpc']})", flush=True)
     return session
+
+
+def open_node_view(port: int, map_cfg: MappingConfig, system, info: Callable[[str], None],
+                   warn: Callable[[str], None]) -> Optional[ViewSession]:
+    """The node's view (``web_view_port``; 0: none): served from the node process, logging on
+    its own thread.  A view that cannot start (no rerun-sdk, port taken) is a warning, never a
+    node failure."""
+    if port <= 0:
+        return None
+    try:
+        session = open_view(ViewConfig(view_port=port), map_cfg)
+    except (ImportError, OSError, ValueError) as e:
+        warn(f"web_view_port={port}: no live view: {e}")
+        return None
+    session.attach(system)
+    info(f"live view: open {session.url} in a browser")
+    return session

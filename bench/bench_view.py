@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
 """Cost of the live view (issue 16): mapping with and without it, interleaved in one run.
 
-``cli``: the offline pipeline (``app.pipeline.run``, strict mode, the synthetic room at 640x480)
-maps the same frames ``--reps`` times without and with the live view attached, alternating
-(the machine is shared: interleaving spreads its load over both).  Reported: end-to-end
-frames/s and integration ms/frame per run, the median of each, the slowdown; the view's own
-counters (blocks logged, frames logged / skipped); the resident memory of the process before
-the view server starts, after it started and after the runs (the serving process is this one).
-No browser is connected (a browser's gRPC stream costs the server a little more; the browser
-itself is another process).
+``cli``: ``neural-mapping run synthetic`` (strict mode, 640x480) in a fresh process per run,
+``--reps`` pairs without and with ``--view`` (serving, no browser connected), interleaved ABBA
+(the machine is shared: both see its load).  Reported: end-to-end frames/s and integration
+ms/frame (``metrics.json``), the CPU time the process used (user + system: what the view
+costs on a machine whose load makes frames/s noisy), the peak resident memory of the process (the view's servers live
+in it), medians and the slowdown, and the on/off ratio of each back-to-back pair.  A connected
+browser is another process; the gRPC stream to it costs the server a little more.
 
 ``node``: ``bench_ros.py``'s node run (real 7-Scenes frames over DDS at ``--rate`` Hz), without
 and with ``web_view_port``, alternating: frames processed/s, pose latency p50/p95 (depth
@@ -26,8 +25,10 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,56 +41,64 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2 ** 20
 
 
-def mode_cli(args) -> dict:
-    from neural_mapping.app.pipeline import run
-    from neural_mapping.config import MappingConfig
-    from neural_mapping.config.view import ViewConfig
-    from neural_mapping.view.live import LiveView
-    from neural_mapping.view.session import open_view
+def run_cli(args, out: Path, view: bool) -> dict:
+    """One ``neural-mapping run synthetic`` in a fresh process (with ``--view``: serving,
+    no browser); its metrics and the process's peak resident memory (polled)."""
+    import psutil
+    cmd = [sys.executable, "-m", "neural_mapping.app.cli", "run", "synthetic", "--out", str(out),
+           "--no-progress", "--no-views", "--synthetic-frames", str(args.frames),
+           "--voxel-size-m", str(args.voxel)]
+    if view:
+        cmd += ["--view", "--view-port", str(args.port), "--view-hold-s", "0.01"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = psutil.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak, cpu_s = 0, 0.0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+            t = proc.cpu_times()
+            cpu_s = t.user + t.system  # the last sample before exit (0.1 s)
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    if proc.returncode != 0:
+        raise RuntimeError(f"run failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    return {"view": view, "fps": m["fps"], "integrate_ms": m["integrate_ms_mean"],
+            "frames": m["frames"], "peak_rss_mib": peak / 2 ** 20, "cpu_s": cpu_s,
+            "loadavg": os.getloadavg()[0]}
 
-    cfg = MappingConfig.from_flat({"voxel_size_m": args.voxel, "max_frames": args.frames})
-    kw = {"num_frames": args.frames, "width": 640, "height": 480}
-    out = tempfile.mkdtemp(prefix="bench_view_")
-    run("synthetic", cfg, out, progress=False, dataset_kwargs=kw, render_views=False)  # warm-up
-    mem = {"before_view_mib": rss_mib()}
-    session = open_view(ViewConfig(view_port=args.port), cfg)
-    mem["view_started_mib"] = rss_mib()
+
+def mode_cli(args) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="bench_view_"))
     runs = []
     for rep in range(args.reps):
-        for with_view in (False, True):
-            view = None
-            if with_view:
-                session.live = LiveView(session.server.rec, session.cfg, cfg)
-                view = session
-            res = run("synthetic", cfg, out, progress=False, dataset_kwargs=kw, render_views=False,
-                      view=view)
-            m = res.metrics
-            r = {"rep": rep, "view": with_view, "fps": m["fps"], "integrate_ms": m["integrate_ms_mean"],
-                 "frames": m["frames"], "loadavg": os.getloadavg()[0]}
-            if with_view:
-                r.update(session.live.logger.counts, frames_skipped=session.live.frames_skipped,
-                         view_errors=session.live.errors)
+        for view in (False, True) if rep % 2 == 0 else (True, False):  # ABBA: no order bias
+            r = run_cli(args, out / f"{rep}_{int(view)}", view)
+            r["rep"] = rep
             runs.append(r)
-            print(f"rep {rep} view={'on ' if with_view else 'off'} {m['fps']:6.2f} frames/s, "
-                  f"integration {m['integrate_ms_mean']:6.1f} ms/frame, load {r['loadavg']:.1f}",
-                  flush=True)
-    mem["after_runs_mib"] = rss_mib()
-    session.close()
+            print(f"rep {rep} view={'on ' if view else 'off'} {r['fps']:6.2f} frames/s, integration "
+                  f"{r['integrate_ms']:6.1f} ms/frame, peak RSS {r['peak_rss_mib']:6.0f} MiB, "
+                  f"CPU {r['cpu_s']:5.1f} s, "
+                  f"load {r['loadavg']:.1f}", flush=True)
     off = [r for r in runs if not r["view"]]
     on = [r for r in runs if r["view"]]
     med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
-    summary = {"fps_off": med(off, "fps"), "fps_on": med(on, "fps"),
-               "integrate_ms_off": med(off, "integrate_ms"), "integrate_ms_on": med(on, "integrate_ms")}
+    summary = {f"{k}_{name}": med(rs, k) for k in ("fps", "integrate_ms", "peak_rss_mib", "cpu_s")
+               for name, rs in (("off", off), ("on", on))}
     summary["slowdown_percent"] = 100.0 * (1.0 - summary["fps_on"] / summary["fps_off"])
+    # pairs run back to back see about the same load: the ratio of each pair
+    pairs = [b["fps"] / a["fps"] for a, b in zip(off, on)]
+    summary["fps_ratio_on_off_per_rep"] = pairs
     print(f"\nlive view cost, synthetic room 640x480, {args.frames} frames, {args.voxel * 100:g} cm, "
-          f"{os.cpu_count()} cores (shared machine: runs interleaved)")
-    print(f"{'view':<5} {'frames/s (median)':>18} {'integration ms':>15}")
-    print(f"{'off':<5} {summary['fps_off']:>18.2f} {summary['integrate_ms_off']:>15.1f}")
-    print(f"{'on':<5} {summary['fps_on']:>18.2f} {summary['integrate_ms_on']:>15.1f}")
-    print(f"slowdown {summary['slowdown_percent']:.1f} %; process memory {mem['before_view_mib']:.0f} MiB "
-          f"-> {mem['view_started_mib']:.0f} MiB (view server up) -> {mem['after_runs_mib']:.0f} MiB "
-          f"(after {args.reps} runs with the view)")
-    return {"config": vars(args), "runs": runs, "summary": summary, "memory": mem}
+          f"{os.cpu_count()} cores (shared machine: runs interleaved ABBA, medians)")
+    print(f"{'view':<5} {'frames/s':>9} {'integration ms':>15} {'process CPU s':>14} {'peak RSS MiB':>13}")
+    for name in ("off", "on"):
+        print(f"{name:<5} {summary['fps_' + name]:>9.2f} {summary['integrate_ms_' + name]:>15.1f} "
+              f"{summary['cpu_s_' + name]:>14.1f} {summary['peak_rss_mib_' + name]:>13.0f}")
+    print(f"slowdown {summary['slowdown_percent']:.1f} % (medians); per-rep on/off frames/s ratios "
+          + ", ".join(f"{x:.2f}" for x in pairs))
+    return {"config": vars(args), "runs": runs, "summary": summary}
 
 
 def mode_node(args) -> dict:

@@ -33,7 +33,7 @@ class ViewConfig:
         1.0, "Period of the mesh updates (a block that changes again within it is logged once; "
         "every logged version is replayed to a browser that joins later).", unit="s", lo=0.0,
         hi=3600.0)
-    view_mesh_max_blocks: int = param(512, "Changed blocks re-meshed per logging step (oldest "
+    view_mesh_max_blocks: int = param(128, "Changed blocks re-meshed per logging step (oldest "
                                       "first; the rest wait for the next step).", unit="blocks",
                                       lo=1, hi=10_000_000)
     view_image_width_px: int = param(320, "Color and depth images are downsampled to at most this "

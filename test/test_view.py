@@ -131,6 +131,9 @@ def test_blocks_relogged_only_on_change_and_cleared_on_reset(setup):
     cleared = blocks_with(fourth, "Clear:is_recursive")
     assert cleared == all_blocks | relogged
     assert not view.logger.blocks
+    # ... and the old trajectory and occupancy image with them
+    assert fourth[("world/trajectory", "Clear:is_recursive")] == 1
+    assert fourth[("occupancy", "Clear:is_recursive")] == 1
 
 
 def test_budget_and_view_config_flags():

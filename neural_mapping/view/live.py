@@ -147,6 +147,8 @@ class LiveView:
             while True:
                 with system.map_lock:
                     update = self.cache.update(system.backend.field(), budget)
+                if update.invalidated:  # reset / load: a new trajectory and map frame
+                    self._forget_trajectory()
                 lg.log_mesh_update(update)
                 if budget is not None or update.remaining_dirty == 0:
                     break
@@ -154,6 +156,15 @@ class LiveView:
                 and system.version != self._occ_version and self._first_pose is not None:
             self._occ_time = now
             self._log_occupancy()
+
+    def _forget_trajectory(self) -> None:
+        with self._slot_lock:
+            self._positions.clear()
+            self._first_pose = None
+            self._positions_logged = self._positions_total
+        self._occ_map = None
+        self._occ_version = -1
+        self.logger.clear_trajectory_and_occupancy()
 
     def _log_occupancy(self) -> None:
         from neural_mapping.products import occupancy as occ

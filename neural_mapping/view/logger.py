@@ -5,7 +5,8 @@ Entities (``/`` is Rerun's root)::
     world/map/mesh/b<key>   Mesh3D, static: one per mesh block (key: packed block coordinate,
                             ``products.meshing.cache``), re-logged only when the block changed,
                             Clear when it emptied or was evicted
-    world/trajectory        LineStrips3D, static: the camera path so far
+    world/trajectory        LineStrips3D, static: the camera path so far (cleared, with the
+                            occupancy image, when the map is reset or loaded)
     world/camera            Transform3D (frame timeline) + Pinhole of the logged images
     world/camera/color      Image (downsampled), frame timeline
     world/camera/depth      DepthImage (metres), frame timeline
@@ -105,6 +106,11 @@ class MapViewLogger:
         if len(positions) >= 2:
             self.rec.log(TRAJECTORY, self.rr.LineStrips3D([np.asarray(positions, np.float32)],
                                                           colors=[[255, 140, 0]]), static=True)
+
+    def clear_trajectory_and_occupancy(self) -> None:
+        """After a reset / load: the old path and occupancy image no longer apply."""
+        for path in (TRAJECTORY, OCCUPANCY):
+            self.rec.log(path, self.rr.Clear(recursive=False), static=True)
 
     def log_occupancy(self, grid) -> None:
         """A 2D occupancy grid (``products.occupancy.OccupancyGrid2D``) as a grey image."""

@@ -17,6 +17,8 @@ setup(
         ("share/" + package_name + "/rviz", glob("rviz/*.rviz")),
     ],
     install_requires=["setuptools"],
+    # the live web view (neural_mapping/view/): rerun-sdk 0.41 needs numpy >= 2, so it is optional
+    extras_require={"view": ["rerun-sdk==0.41.0"]},
     zip_safe=True,
     maintainer="neural_mapping developers",
     maintainer_email="dev@neural-mapping.invalid",

@@ -157,6 +157,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
     params = {"pose_source": pose_source, "voxel_size_m": args.voxel, "device": args.device,
               "output_dir": out_dir, "input_qos": args.input_qos, "sync_mode": "realtime",
               "diagnostics_rate_hz": 2.0, "mesh_rate_hz": 1.0}
+    params.update(getattr(args, "node_params", None) or {})  # e.g. bench_view.py: web_view_port
     cmd = [sys.executable, "-m", "neural_mapping.ros.node", "--ros-args"]
     for k, v in params.items():
         cmd += ["-p", f"{k}:={v}"]

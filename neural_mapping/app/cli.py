@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from neural_mapping.config import MappingConfig, add_config_arguments, config_from_args, leaf_fields
+from neural_mapping.config.view import add_view_arguments
 from neural_mapping.datasets import SUPPORTED_LAYOUTS, DatasetError
 from neural_mapping.io.evaluation import evaluate_tum_files
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dataset", metavar="DATASET",
                    help="dataset folder (7-Scenes or TUM RGB-D layout) or the word 'synthetic'")
     _add_mapping_arguments(r, _add_dataset_arguments)
+    add_view_arguments(r)
 
     e = sub.add_parser("eval", help="ATE/RPE of an estimated TUM trajectory against ground truth",
                        description="Evaluate trajectory EST against ground truth GT (TUM files).",
@@ -172,15 +174,20 @@ def cmd_run(args) -> int:
     cfg = offline_config(args, "run")
     if cfg is None:
         return 2
+    from neural_mapping.view.session import open_cli_view
+    view = open_cli_view(args, cfg)  # None without --view
+    if view is False:
+        return 2
     try:
         res = run(args.dataset, cfg, progress=not args.no_progress,
-                  dataset_kwargs=_dataset_kwargs(args, cfg), render_views=not args.no_views)
-    except DatasetError as e:
+                  dataset_kwargs=_dataset_kwargs(args, cfg), render_views=not args.no_views, view=view)
+    except (DatasetError, NotImplementedError) as e:
         print(f"neural-mapping run: {e}", file=sys.stderr)
         return 2
-    except NotImplementedError as e:
-        print(f"neural-mapping run: {e}", file=sys.stderr)
-        return 2
+    except BaseException:
+        if view:
+            view.close()
+        raise
     m = res.metrics
     print(f"dataset        {m['dataset']}: {m['frames']} frames integrated "
           f"({m['frames_skipped_no_pose']} without pose skipped)")
@@ -195,6 +202,8 @@ def cmd_run(args) -> int:
               f"{fmt_value(m['rpe_trans_rmse_cm'], ' cm')} / {fmt_value(m['rpe_rot_rmse_deg'], ' deg')} per frame "
               f"(pose source: {m['pose_source']})")
     print(f"outputs        {res.out_dir}/: " + ", ".join(sorted(p.name for p in res.files.values())))
+    if view:
+        view.hold_and_close()  # serve until Ctrl-C or --view-hold-s
     return 0
 
 

@@ -67,13 +67,14 @@ class RunResult:
 def run(dataset: Union[str, Path, Dataset], cfg: Optional[MappingConfig] = None,
         out_dir: Union[str, Path, None] = None, *, progress: bool = True,
         dataset_kwargs: Optional[dict] = None, render_views: bool = True,
-        input_pose: InputPose = external_pose) -> RunResult:
+        input_pose: InputPose = external_pose, view=None) -> RunResult:
     """Map ``dataset`` (a path, ``"synthetic"``, or an opened :class:`Dataset`) with ``cfg``.
 
     ``out_dir`` overrides ``cfg.run.output_dir``.  With a path, frames are selected with
     ``cfg.run.max_frames`` / ``cfg.run.frame_stride``; an opened dataset is used as it is
     (``max_frames`` still caps the loop).  ``input_pose`` gives the external pose of a frame
-    (``external`` / ``external+refine``; default: the dataset's ground truth).
+    (``external`` / ``external+refine``; default: the dataset's ground truth).  ``view``: a
+    live view (``neural_mapping.view.session.ViewSession``) to attach to the system while mapping.
     """
     from neural_mapping.system.mapping_system import MappingSystem
 
@@ -86,7 +87,13 @@ def run(dataset: Union[str, Path, Dataset], cfg: Optional[MappingConfig] = None,
 
     ds = open_input(dataset, cfg, dataset_kwargs)
     with MappingSystem(cfg) as system:
-        stats = map_sequence(ds, system, cfg, input_pose, progress=progress)
+        if view is not None:
+            view.attach(system)
+        try:
+            stats = map_sequence(ds, system, cfg, input_pose, progress=progress)
+        finally:
+            if view is not None:
+                view.detach()  # logs the final map before the products are computed
         mesh, mesh_ms, occupancy = map_products(system, cfg, stats["poses"])
     metrics = collect_metrics(ds, system.backend, cfg, stats, mesh, mesh_ms, occupancy)
     result = RunResult(out, metrics, stats["timestamps"], stats["poses"], stats["gt_poses"],

@@ -115,6 +115,10 @@ class MappingNode(Node):
         self.faults = WorkerWatch(self)  # a dead worker: ERROR on /diagnostics, exit or restart
         self.diagnostics_timer = RateTimer(self, self._publish_diagnostics,
                                            self.ncfg.diagnostics_rate_hz)
+        # live 3D view in the browser (web_view_port > 0): its own thread, never the executor's
+        from neural_mapping.view.session import open_node_view
+        self.web_view = open_node_view(self.ncfg.web_view_port, self.cfg, self.system,
+                                       self.get_logger().info, self.get_logger().warning)
         # runtime changes of RUNTIME_TUNABLE parameters: validated as a whole, core values
         # applied by the mapping thread (system.reconfigure), node values here
         install_parameter_validation(self, self._apply_parameters)
@@ -297,6 +301,8 @@ class MappingNode(Node):
         """Stop intake, join the threads (``TimeoutError`` if one does not stop), optionally
         save; logs "stopped: threads joined" on success."""
         self._closing = True
+        if getattr(self, "web_view", None) is not None:
+            self.web_view.close()
         t0 = time.monotonic()
         try:
             self.system.close(timeout=timeout)

@@ -82,6 +82,10 @@ class NodeConfig:
         "(new threads on the same map).", choices=("exit", "restart"))
     clock_jump_reset_map: bool = param(False, "On a backward clock jump clear the map (else "
                                        "keep mapping into it).")
+    web_view_port: int = param(0, "Serve a live 3D view (Rerun web viewer, offline) at "
+                               "http://127.0.0.1:PORT from the node process, gRPC on PORT + 1 "
+                               "(0 = off; needs pip install neural_mapping[view]).", unit="port",
+                               lo=0, hi=65533)
 
     def to_flat(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

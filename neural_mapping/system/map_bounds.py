@@ -74,7 +74,7 @@ class MapBounds:
             seen[slots.to(seen.device)] = self.tick
 
     # ------------------------------------------------------------------ eviction
-    def after_integrate(self, backend, T_world_cam: np.ndarray, mesh_cache, version: int) -> int:
+    def after_integrate(self, backend, T_world_cam: np.ndarray, mesh_caches, version: int) -> int:
         """Evict what lies outside the radius, then what exceeds the budget; returns how many."""
         grid = backend.grid
         n = grid.num_blocks
@@ -84,13 +84,14 @@ class MapBounds:
         if self.radius_m > 0 and self.tick % RADIUS_EVERY == 0:
             far = self._distances(grid, T_world_cam) > self.radius_m
             if bool(far.any()):
-                total += self._evict(backend, far.nonzero().squeeze(1), "radius", mesh_cache, version)
+                total += self._evict(backend, far.nonzero().squeeze(1), "radius", mesh_caches,
+                                     version)
         if grid.num_blocks > self.budget:
-            total += self.shrink_to(backend, int(0.9 * self.budget), T_world_cam, mesh_cache,
+            total += self.shrink_to(backend, int(0.9 * self.budget), T_world_cam, mesh_caches,
                                     version, "budget")
         return total
 
-    def shrink_to(self, backend, target: int, T_world_cam: np.ndarray, mesh_cache, version: int,
+    def shrink_to(self, backend, target: int, T_world_cam: np.ndarray, mesh_caches, version: int,
                   reason: str = "budget") -> int:
         """Evict the worst-ranked blocks (distance + age) until ``target`` remain."""
         grid = backend.grid
@@ -104,7 +105,7 @@ class MapBounds:
         score = _ranks(dist) + _ranks(age.to(torch.float64))
         score[age == 0] = -1
         worst = torch.topk(score, k).indices
-        return self._evict(backend, worst, reason, mesh_cache, version)
+        return self._evict(backend, worst, reason, mesh_caches, version)
 
     def _distances(self, grid, T_world_cam: np.ndarray) -> torch.Tensor:
         n = grid.num_blocks
@@ -112,7 +113,7 @@ class MapBounds:
         cam = torch.as_tensor(np.asarray(T_world_cam, dtype=np.float64)[:3, 3], device=grid.device)
         return (centre - cam).norm(dim=1)
 
-    def _evict(self, backend, slots: torch.Tensor, reason: str, mesh_cache, version: int) -> int:
+    def _evict(self, backend, slots: torch.Tensor, reason: str, mesh_caches, version: int) -> int:
         grid = backend.grid
         coords = grid.block_coords[slots].to(torch.int64)
         if reason not in self._logged:
@@ -123,9 +124,11 @@ class MapBounds:
         src, dst = backend.evict(coords)
         if src.numel():
             seen[dst.to(seen.device)] = seen[src.to(seen.device)]
-        if mesh_cache is not None:
+        if mesh_caches:  # every consumer of the dirty marks re-meshes (or deletes) them
             nb = (coords[:, None, :] + _NEIGHBOURS.to(coords.device)[None]).reshape(-1, 3)
-            mesh_cache.mark_dirty_keys(torch.unique(pack_block_keys(nb)).tolist(), version)
+            keys = torch.unique(pack_block_keys(nb)).tolist()
+            for cache in mesh_caches:
+                cache.mark_dirty_keys(keys, version)
         key = "evictions_capacity" if reason == "capacity" else f"blocks_evicted_{reason}"
         self.counters[key] += 1 if reason == "capacity" else int(coords.shape[0])
         if reason == "capacity":

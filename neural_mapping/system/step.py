@@ -72,6 +72,10 @@ class Mapper:
         self.policy = PosePolicy(config, self.tracker)
         self.mesh_cache = MeshCache()  # blocks changed by integration, re-meshed on demand
         self.bounds = MapBounds(config.grid)  # map_radius_m / map_max_blocks eviction
+        # more consumers of the same dirty marks (the web view adds its own cache), and callbacks
+        # ``fn(frame, T_world_cam, version)`` after each integration (mapping thread: never block)
+        self.mesh_caches = [self.mesh_cache]
+        self.integrated_listeners: list = []
         self.version = 0
         self.frames_integrated = 0
         self.model: Optional[ModelPrediction] = None
@@ -103,11 +107,12 @@ class Mapper:
         except CapacityError:  # the map is unchanged: make room (logged once, counted), retry
             b = self.bounds
             b.shrink_to(self.backend, int(min(0.75 * b.capacity, 0.9 * b.budget)), T_world_cam,
-                        self.mesh_cache, self.version + 1, "capacity")
+                        self.mesh_caches, self.version + 1, "capacity")
             stats = self.backend.integrate(frame, T_world_cam)
-        self.mesh_cache.mark_dirty(self.backend.grid, stats.get("slots"), self.version + 1)
+        for cache in self.mesh_caches:
+            cache.mark_dirty(self.backend.grid, stats.get("slots"), self.version + 1)
         self.bounds.touched(self.backend.grid, stats.get("frame_slots", stats.get("slots")))
-        self.bounds.after_integrate(self.backend, T_world_cam, self.mesh_cache, self.version + 1)
+        self.bounds.after_integrate(self.backend, T_world_cam, self.mesh_caches, self.version + 1)
         self._sync()
         t1 = time.perf_counter()
         self.timings["integrate"].append(t1 - t0)  # eviction included
@@ -119,6 +124,8 @@ class Mapper:
             self._sync()
             self.timings["predict"].append(time.perf_counter() - t1)
         self.model = ModelPrediction(self.frames_integrated, self.version, T_world_cam, view)
+        for fn in self.integrated_listeners:
+            fn(frame, T_world_cam, self.version)
         return self.model
 
     # ------------------------------------------------------------------ map changes
@@ -133,7 +140,8 @@ class Mapper:
             self.backend.load_state_dict(state)
         self.bounds.reset()  # every block of the new map counts as just seen
         self.version += 1
-        self.mesh_cache.invalidate(self.backend.grid, self.version)
+        for cache in self.mesh_caches:
+            cache.invalidate(self.backend.grid, self.version)
         self.model = None
 
     def reconfigure(self, config: MappingConfig, changed: Dict[str, object]) -> None:

@@ -127,9 +127,11 @@ class ProceduralObject:
             out = np.minimum(out, d)
         return out
 
-    def gt_sdf(self) -> np.ndarray:
-        """Analytic SDF at the voxel centres, ``[res, res, res]`` indexed ``[i, j, k]`` = x, y, z."""
-        r = (np.arange(self.resolution) + 0.5) * self.voxel_size
+    def gt_sdf(self, offset_vox: float = 0.5) -> np.ndarray:
+        """Analytic SDF at the voxel centres, ``[res, res, res]`` indexed ``[i, j, k]`` = x, y, z;
+        voxel ``i`` at ``(i + offset_vox) / res`` (Open3D's voxel grid puts voxel ``i`` at
+        ``i * voxel_size``: ``offset_vox=0``)."""
+        r = (np.arange(self.resolution) + float(offset_vox)) * self.voxel_size
         X, Y, Z = np.meshgrid(r, r, r, indexing="ij")
         return self.sdf(np.stack([X.ravel(), Y.ravel(), Z.ravel()], 1)).reshape(X.shape)
 

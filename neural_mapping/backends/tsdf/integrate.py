@@ -48,6 +48,7 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from neural_mapping.backends.tsdf.robust import carve_slots
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid, voxel_offsets
 from neural_mapping.grid.workspace import workspace
 from neural_mapping.types import CameraIntrinsics
@@ -171,7 +172,7 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
               T_world_cam: TensorOrArray, color: Optional[TensorOrArray] = None, *,
               truncation_m: float, depth_min_m: float, depth_max_m: float, max_weight: float,
               integrate_color: bool = True, alloc_stride: int = 4,
-              alloc_samples: Optional[int] = None) -> Dict[str, int]:
+              alloc_samples: Optional[int] = None, carve_stride: int = 0) -> Dict[str, int]:
     """Fuse one depth (and color) image into ``grid``. See the module docstring.
 
     ``depth``: [H, W] float32 metres (0 / NaN invalid); ``color``: [H, W, 3] uint8
@@ -179,7 +180,9 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
     ``{"blocks_touched", "blocks_new", "blocks_total", "slots"}``; ``slots`` (int64 tensor on
     the grid's device) are the blocks whose voxels this frame may have changed (for meshing).
     Raises :class:`~neural_mapping.grid.voxel_grid.CapacityError` (map unchanged) when the
-    grid would exceed its capacity.
+    grid would exceed its capacity.  ``carve_stride > 0``: the allocated blocks crossed by the
+    free part of every ``carve_stride``-th pixel's ray are updated too
+    (:func:`~neural_mapping.backends.tsdf.robust.carve_slots`; robust fusion).
     """
     device = grid.device
     H, W = intrinsics.height, intrinsics.width
@@ -202,10 +205,17 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
                             depth_min_m=depth_min_m, depth_max_m=depth_max_m,
                             stride=alloc_stride, samples=alloc_samples)
     n_before = grid.num_blocks
+    carve = None
+    if carve_stride > 0 and coords.shape[0] > 0:
+        carve = carve_slots(grid, d, intrinsics, T, truncation_m=truncation_m, depth_min_m=depth_min_m,
+                            depth_max_m=depth_max_m, stride=carve_stride)
     if coords.shape[0] == 0:
         return {"blocks_touched": 0, "blocks_new": 0, "blocks_total": n_before,
                 "slots": torch.empty(0, dtype=torch.int64, device=device)}
     coords, slots = grid.allocate(coords)
+    if carve is not None and carve.numel():
+        slots = torch.unique(torch.cat([slots, carve]))
+        coords = grid.block_coords.index_select(0, slots)
     nb = int(slots.shape[0])
     B = grid.block_size
     nv = B ** 3

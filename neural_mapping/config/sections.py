@@ -49,9 +49,12 @@ class IntegrationConfig:
     robust_min_segment_px: int = param(40, "Robust fusion: depth segments with fewer pixels are "
                                        "dropped (isolated pixels, outlier blobs).", unit="px",
                                        lo=1, hi=1_000_000)
-    robust_carve_stride_px: int = param(8, "Robust fusion: every n-th pixel (both axes) carves free "
+    robust_carve_stride_px: int = param(16, "Robust fusion: every n-th pixel (both axes) carves free "
                                         "space in the allocated blocks its ray crosses in front of "
                                         "the truncation band (0: no carving).", unit="px", lo=0, hi=64)
+    robust_carve_below_weight: float = param(4.0, "Robust fusion: only blocks whose largest voxel "
+                                             "weight is below this are carved (0: all).", lo=0.0,
+                                             hi=1e6)
 
 
 @dataclass

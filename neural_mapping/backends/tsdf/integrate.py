@@ -172,7 +172,8 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
               T_world_cam: TensorOrArray, color: Optional[TensorOrArray] = None, *,
               truncation_m: float, depth_min_m: float, depth_max_m: float, max_weight: float,
               integrate_color: bool = True, alloc_stride: int = 4,
-              alloc_samples: Optional[int] = None, carve_stride: int = 0) -> Dict[str, int]:
+              alloc_samples: Optional[int] = None, carve_stride: int = 0,
+              carve_below_weight: float = 0.0) -> Dict[str, int]:
     """Fuse one depth (and color) image into ``grid``. See the module docstring.
 
     ``depth``: [H, W] float32 metres (0 / NaN invalid); ``color``: [H, W, 3] uint8
@@ -181,7 +182,7 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
     the grid's device) are the blocks whose voxels this frame may have changed (for meshing).
     Raises :class:`~neural_mapping.grid.voxel_grid.CapacityError` (map unchanged) when the
     grid would exceed its capacity.  ``carve_stride > 0``: the allocated blocks crossed by the
-    free part of every ``carve_stride``-th pixel's ray are updated too
+    free part of every ``carve_stride``-th pixel's ray (and below ``carve_below_weight``) are updated too
     (:func:`~neural_mapping.backends.tsdf.robust.carve_slots`; robust fusion).
     """
     device = grid.device
@@ -208,7 +209,7 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
     carve = None
     if carve_stride > 0 and coords.shape[0] > 0:
         carve = carve_slots(grid, d, intrinsics, T, truncation_m=truncation_m, depth_min_m=depth_min_m,
-                            depth_max_m=depth_max_m, stride=carve_stride)
+                            depth_max_m=depth_max_m, stride=carve_stride, below_weight=carve_below_weight)
     if coords.shape[0] == 0:
         return {"blocks_touched": 0, "blocks_new": 0, "blocks_total": n_before,
                 "slots": torch.empty(0, dtype=torch.int64, device=device)}

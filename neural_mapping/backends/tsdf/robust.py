@@ -17,7 +17,9 @@ measures both).
    around the measured depth, so a surface created by an outlier is never seen as free again.
    Here every ``carve_stride_px``-th pixel's ray is sampled from ``depth_min`` to
    ``depth - truncation`` every half block, and the *already allocated* blocks it crosses join
-   the frame's update (nothing is allocated).  Their voxels get the ordinary projective update:
+   the frame's update (nothing is allocated) when no voxel of theirs has reached weight
+   ``carve_below_weight``: blocks a surface was fused into many times are not rewritten (this
+   keeps the cost near plain fusion: such blocks hold no one-frame outliers).  Their voxels get the ordinary projective update:
    a voxel whose pixel sees far past it gets ``+1`` (free), averaged with what is stored, so a
    one-frame outlier surface is outvoted by the next views that look through it.
 """
@@ -71,9 +73,11 @@ def filter_depth(depth: np.ndarray, *, jump_ratio: float, min_segment_px: int, d
 
 
 def carve_slots(grid: VoxelBlockGrid, depth: torch.Tensor, intr: CameraIntrinsics, T_world_cam: torch.Tensor,
-                *, truncation_m: float, depth_min_m: float, depth_max_m: float, stride: int) -> torch.Tensor:
+                *, truncation_m: float, depth_min_m: float, depth_max_m: float, stride: int,
+                below_weight: float = 0.0) -> torch.Tensor:
     """Slots (int64, unique) of allocated blocks crossed by the free part of the rays of every
-    ``stride``-th pixel: from ``depth_min_m`` to ``depth - truncation_m``."""
+    ``stride``-th pixel: from ``depth_min_m`` to ``depth - truncation_m``; with ``below_weight
+    > 0`` only blocks whose largest voxel weight is below it."""
     from neural_mapping.backends.tsdf.integrate import _pixel_rays, _valid_depth  # (imports us)
     device = grid.device
     rays, pix = _pixel_rays(intr, stride, device)
@@ -109,4 +113,9 @@ def carve_slots(grid: VoxelBlockGrid, depth: torch.Tensor, intr: CameraIntrinsic
     slots = slots[slots >= 0]
     if slots.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
-    return torch.unique(slots).to(torch.int64)
+    slots = torch.unique(slots).to(torch.int64)
+    if below_weight > 0:  # only blocks no voxel of which was observed that often
+        nv = grid.block_size ** 3
+        wmax = grid.attrs["weight"].view(grid.capacity, nv).index_select(0, slots).amax(dim=1)
+        slots = slots[wmax < below_weight]
+    return slots

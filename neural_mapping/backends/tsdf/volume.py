@@ -136,7 +136,8 @@ class TSDFVolume:
                          truncation_m=self.truncation_m, depth_min_m=self.depth_min_m,
                          depth_max_m=self.depth_max_m, max_weight=self.max_weight,
                          integrate_color=self.integrate_color, alloc_stride=self.alloc_stride,
-                         carve_stride=carve)
+                         carve_stride=carve,
+                         carve_below_weight=float(self.integration_config.robust_carve_below_weight))
 
     render = raycast_render  # the shared ray caster over the TSDF
 

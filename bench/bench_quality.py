@@ -132,7 +132,8 @@ def object_protocol(seeds, fractions, views):
         for frac in fractions:
             ob = ProceduralObject(seed=seed, num_views=views, outlier_fraction=frac)
             if gt is None:  # Open3D's voxel i sits at i * voxel_size, ours at (i + 0.5) * voxel_size
-                gt, gt_o3d = ob.gt_sdf(), ob.gt_sdf(offset_vox=0.0)
+                t = TRUNC_VOX * ob.voxel_size  # values beyond the truncation are not needed
+                gt, gt_o3d = ob.gt_sdf(clip=t), ob.gt_sdf(offset_vox=0.0, clip=t)
             frames = [(ob.depth(i), ob.poses[i]) for i in range(len(ob))]
             vols = volumes(ob.voxel_size, 3.0, ob.intrinsics)
             ms = fuse(vols, frames, ob.intrinsics)

@@ -33,7 +33,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from neural_mapping.datasets import sensor_models as sm
-from neural_mapping.datasets.synthetic import _look_at
+from neural_mapping.datasets.synthetic import look_at as _look_at
 from neural_mapping.types import CameraIntrinsics
 
 __all__ = ["ProceduralObject"]

@@ -36,7 +36,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from neural_mapping.datasets import sensor_models as sm
-from neural_mapping.datasets.synthetic import SyntheticRoom, _look_at, _Object
+from neural_mapping.datasets.synthetic import SceneObject as _Object, SyntheticRoom, look_at as _look_at
 from neural_mapping.types import RGBDFrame
 
 __all__ = ["ProceduralRoom", "FEW_VIEWS", "MANY_VIEWS"]

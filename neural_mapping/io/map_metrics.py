@@ -36,7 +36,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from neural_mapping.io.evaluation import _o3d_mesh, mesh_to_mesh_distances
+from neural_mapping.io.evaluation import as_o3d_mesh as _o3d_mesh, mesh_to_mesh_distances
 from neural_mapping.types import CameraIntrinsics
 
 __all__ = ["mesh_metrics", "visible_samples", "voxel_metrics", "dense_tsdf", "F_THRESHOLDS_M"]

@@ -75,12 +75,12 @@ def _as_tensor(x: TensorOrArray, device: torch.device, dtype: Optional[torch.dty
     return x
 
 
-def _valid_depth(d: torch.Tensor, depth_min_m: float, depth_max_m: float) -> torch.Tensor:
+def valid_depth(d: torch.Tensor, depth_min_m: float, depth_max_m: float) -> torch.Tensor:
     # NaN fails every comparison, so it is invalid as well.
     return (d > 0) & (d >= depth_min_m) & (d <= depth_max_m)
 
 
-def _pixel_rays(intr: CameraIntrinsics, stride: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def pixel_rays(intr: CameraIntrinsics, stride: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rays ``[3, N]`` (camera, z = 1) and flat pixel indices ``[N]`` of the strided pixels."""
     key = ("rays", intr, stride, device)
 
@@ -109,9 +109,9 @@ def touched_blocks(grid: VoxelBlockGrid, depth: torch.Tensor, intr: CameraIntrin
     frustum between the nearest and farthest sampled depth, +- trunc).
     """
     device = grid.device
-    rays, pix = _pixel_rays(intr, stride, device)
+    rays, pix = pixel_rays(intr, stride, device)
     d = depth.reshape(-1).index_select(0, pix)
-    keep = _valid_depth(d, depth_min_m, depth_max_m).nonzero().squeeze(1)
+    keep = valid_depth(d, depth_min_m, depth_max_m).nonzero().squeeze(1)
     if keep.numel() == 0:
         return torch.empty((0, 3), dtype=torch.int32, device=device)
     d = d.index_select(0, keep)

@@ -78,11 +78,11 @@ def carve_slots(grid: VoxelBlockGrid, depth: torch.Tensor, intr: CameraIntrinsic
     """Slots (int64, unique) of allocated blocks crossed by the free part of the rays of every
     ``stride``-th pixel: from ``depth_min_m`` to ``depth - truncation_m``; with ``below_weight
     > 0`` only blocks whose largest voxel weight is below it."""
-    from neural_mapping.backends.tsdf.integrate import _pixel_rays, _valid_depth  # (imports us)
+    from neural_mapping.backends.tsdf.integrate import pixel_rays, valid_depth  # (imports us)
     device = grid.device
-    rays, pix = _pixel_rays(intr, stride, device)
+    rays, pix = pixel_rays(intr, stride, device)
     d = depth.reshape(-1).index_select(0, pix)
-    keep = (_valid_depth(d, depth_min_m, depth_max_m) & (d - truncation_m > depth_min_m)).nonzero().squeeze(1)
+    keep = (valid_depth(d, depth_min_m, depth_max_m) & (d - truncation_m > depth_min_m)).nonzero().squeeze(1)
     if keep.numel() == 0 or grid.num_blocks == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
     d = d.index_select(0, keep)

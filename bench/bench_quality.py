@@ -18,9 +18,9 @@ truth seen by some view; :func:`neural_mapping.io.map_metrics.mesh_metrics`).  O
 ms/frame: the three methods integrate the same frame back to back, frame after frame (load
 from other processes hits all alike); the robust/plain ratio is measured within the run.
 Blocks: allocated at the end (8^3 voxels each, all three).  Timings on a shared machine: compare
-ratios, not absolute numbers.
+ratios, not absolute numbers.  Torch runs with ``--threads`` (default 1, as the mapping system).
 
-    .venv/bin/python bench/bench_quality.py [--quick] [--json bench/results/quality.json]
+    .venv/bin/python bench/bench_quality.py [--quick] [--threads 1] [--json bench/results/quality.json]
 """
 
 from __future__ import annotations
@@ -214,6 +214,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=3, help="objects and rooms per configuration (full run)")
     ap.add_argument("--skip-objects", action="store_true")
     ap.add_argument("--skip-rooms", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: as the mapping system's "
+                    "torch_threads; 2 threads on a shared 2-core machine make every op stall)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "quality.json"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -222,6 +224,8 @@ def main(argv=None):
     else:
         seeds, fractions, views, samples = list(range(args.seeds)), [0.0, 0.01, 0.05, 0.1], 100, 200_000
         cases = [(v, c) for v in (FEW_VIEWS, MANY_VIEWS) for c in ROOM_CASES]
+    import torch
+    torch.set_num_threads(args.threads)
     load0 = os.getloadavg()
     t0 = time.time()
     obj = [] if args.skip_objects else object_protocol(seeds, fractions, views)

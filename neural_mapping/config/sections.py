@@ -49,6 +49,22 @@ class IntegrationConfig:
                                  "blocks its truncation band touches (4 as Open3D; "
                                  "bench/bench_integration.py --coverage measures what it misses).",
                                  unit="px", lo=1, hi=64)
+    robust_fusion: bool = param(False, "Outlier-robust fusion (backends/tsdf/robust.py): drop "
+                                "small depth segments and flying pixels before allocation, carve "
+                                "free space in allocated blocks along the rays. Off by default: "
+                                "bench/bench_quality.py shows where it wins and where it does not.")
+    robust_jump_ratio: float = param(0.04, "Robust fusion: a depth jump to a 4-neighbour larger than "
+                                     "this fraction of the depth separates segments.", unit="ratio",
+                                     lo=0.001, hi=1.0)
+    robust_min_segment_px: int = param(40, "Robust fusion: depth segments with fewer pixels are "
+                                       "dropped (isolated pixels, outlier blobs).", unit="px",
+                                       lo=1, hi=1_000_000)
+    robust_carve_stride_px: int = param(16, "Robust fusion: every n-th pixel (both axes) carves free "
+                                        "space in the allocated blocks its ray crosses in front of "
+                                        "the truncation band (0: no carving).", unit="px", lo=0, hi=64)
+    robust_carve_below_weight: float = param(4.0, "Robust fusion: only blocks whose largest voxel "
+                                             "weight is below this are carved (0: all).", lo=0.0,
+                                             hi=1e6)
 
 
 @dataclass

@@ -290,3 +290,8 @@ class SyntheticRoom(Dataset):
 
     def gt_poses(self) -> np.ndarray:
         return self._poses.copy()
+
+
+# public names for the other synthetic generators (datasets/synthetic_rooms.py, synthetic_objects.py)
+look_at = _look_at
+SceneObject = _Object

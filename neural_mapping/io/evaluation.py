@@ -297,3 +297,6 @@ def mesh_accuracy(est_mesh, gt_mesh, threshold_m: float = 0.05, num_samples: int
             f"precision_{int(round(threshold_m * 100))}cm": prec,
             f"recall_{int(round(threshold_m * 100))}cm": rec,
             f"fscore_{int(round(threshold_m * 100))}cm": f}
+
+
+as_o3d_mesh = _o3d_mesh  # public: an Open3D TriangleMesh from a Mesh, (vertices, triangles) or itself

@@ -48,6 +48,7 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from neural_mapping.backends.tsdf.robust import carve_slots
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid, voxel_offsets
 from neural_mapping.grid.workspace import workspace
 from neural_mapping.types import CameraIntrinsics
@@ -74,12 +75,12 @@ def _as_tensor(x: TensorOrArray, device: torch.device, dtype: Optional[torch.dty
     return x
 
 
-def _valid_depth(d: torch.Tensor, depth_min_m: float, depth_max_m: float) -> torch.Tensor:
+def valid_depth(d: torch.Tensor, depth_min_m: float, depth_max_m: float) -> torch.Tensor:
     # NaN fails every comparison, so it is invalid as well.
     return (d > 0) & (d >= depth_min_m) & (d <= depth_max_m)
 
 
-def _pixel_rays(intr: CameraIntrinsics, stride: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def pixel_rays(intr: CameraIntrinsics, stride: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rays ``[3, N]`` (camera, z = 1) and flat pixel indices ``[N]`` of the strided pixels."""
     key = ("rays", intr, stride, device)
 
@@ -108,9 +109,9 @@ def touched_blocks(grid: VoxelBlockGrid, depth: torch.Tensor, intr: CameraIntrin
     frustum between the nearest and farthest sampled depth, +- trunc).
     """
     device = grid.device
-    rays, pix = _pixel_rays(intr, stride, device)
+    rays, pix = pixel_rays(intr, stride, device)
     d = depth.reshape(-1).index_select(0, pix)
-    keep = _valid_depth(d, depth_min_m, depth_max_m).nonzero().squeeze(1)
+    keep = valid_depth(d, depth_min_m, depth_max_m).nonzero().squeeze(1)
     if keep.numel() == 0:
         return torch.empty((0, 3), dtype=torch.int32, device=device)
     d = d.index_select(0, keep)
@@ -171,7 +172,8 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
               T_world_cam: TensorOrArray, color: Optional[TensorOrArray] = None, *,
               truncation_m: float, depth_min_m: float, depth_max_m: float, max_weight: float,
               integrate_color: bool = True, alloc_stride: int = 4,
-              alloc_samples: Optional[int] = None) -> Dict[str, int]:
+              alloc_samples: Optional[int] = None, carve_stride: int = 0,
+              carve_below_weight: float = 0.0) -> Dict[str, int]:
     """Fuse one depth (and color) image into ``grid``. See the module docstring.
 
     ``depth``: [H, W] float32 metres (0 / NaN invalid); ``color``: [H, W, 3] uint8
@@ -179,7 +181,9 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
     ``{"blocks_touched", "blocks_new", "blocks_total", "slots"}``; ``slots`` (int64 tensor on
     the grid's device) are the blocks whose voxels this frame may have changed (for meshing).
     Raises :class:`~neural_mapping.grid.voxel_grid.CapacityError` (map unchanged) when the
-    grid would exceed its capacity.
+    grid would exceed its capacity.  ``carve_stride > 0``: the allocated blocks crossed by the
+    free part of every ``carve_stride``-th pixel's ray (and below ``carve_below_weight``) are updated too
+    (:func:`~neural_mapping.backends.tsdf.robust.carve_slots`; robust fusion).
     """
     device = grid.device
     H, W = intrinsics.height, intrinsics.width
@@ -202,10 +206,17 @@ def integrate(grid: VoxelBlockGrid, depth: TensorOrArray, intrinsics: CameraIntr
                             depth_min_m=depth_min_m, depth_max_m=depth_max_m,
                             stride=alloc_stride, samples=alloc_samples)
     n_before = grid.num_blocks
+    carve = None
+    if carve_stride > 0 and coords.shape[0] > 0:
+        carve = carve_slots(grid, d, intrinsics, T, truncation_m=truncation_m, depth_min_m=depth_min_m,
+                            depth_max_m=depth_max_m, stride=carve_stride, below_weight=carve_below_weight)
     if coords.shape[0] == 0:
         return {"blocks_touched": 0, "blocks_new": 0, "blocks_total": n_before,
                 "slots": torch.empty(0, dtype=torch.int64, device=device)}
     coords, slots = grid.allocate(coords)
+    if carve is not None and carve.numel():
+        slots = torch.unique(torch.cat([slots, carve]))
+        coords = grid.block_coords.index_select(0, slots)
     nb = int(slots.shape[0])
     B = grid.block_size
     nv = B ** 3

@@ -23,6 +23,7 @@ import torch
 
 from neural_mapping.backends.base import raycast_render
 from neural_mapping.backends.tsdf.integrate import integrate
+from neural_mapping.backends.tsdf.robust import filter_depth
 from neural_mapping.config import GridConfig, IntegrationConfig, MappingConfig
 from neural_mapping.grid.field import VoxelField
 from neural_mapping.grid.sampling import trilinear
@@ -81,6 +82,7 @@ class TSDFVolume:
         self.max_weight = float(icfg.max_weight)
         self.integrate_color = bool(icfg.integrate_color)
         self.alloc_stride = int(icfg.alloc_stride_px)
+        self.robust = bool(icfg.robust_fusion)
 
     @property
     def voxel_size_m(self) -> float:
@@ -122,10 +124,20 @@ class TSDFVolume:
             self._check_color(color, intrinsics)
         T = check_pose(T_world_cam.detach().cpu().numpy() if isinstance(T_world_cam, torch.Tensor)
                        else T_world_cam, "T_world_cam")
+        carve = 0
+        if self.robust:
+            ic = self.integration_config
+            d = depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else depth
+            depth, _ = filter_depth(d, jump_ratio=ic.robust_jump_ratio,
+                                    min_segment_px=ic.robust_min_segment_px,
+                                    depth_min_m=self.depth_min_m, depth_max_m=self.depth_max_m)
+            carve = int(ic.robust_carve_stride_px)
         return integrate(self.grid, depth, intrinsics, T, color if self.integrate_color else None,
                          truncation_m=self.truncation_m, depth_min_m=self.depth_min_m,
                          depth_max_m=self.depth_max_m, max_weight=self.max_weight,
-                         integrate_color=self.integrate_color, alloc_stride=self.alloc_stride)
+                         integrate_color=self.integrate_color, alloc_stride=self.alloc_stride,
+                         carve_stride=carve,
+                         carve_below_weight=float(self.integration_config.robust_carve_below_weight))
 
     render = raycast_render  # the shared ray caster over the TSDF
 

@@ -164,8 +164,8 @@ def _png_bomb(w: int, h: int) -> bytes:
 
 def test_declared_sizes_and_empty_runs_are_rejected_before_any_work():
     """Found while fuzzing (test_fuzz_inputs.py): a 20-byte RVL stream declaring 8000x8000 holes
-    decoded to a 64 Mpx image (~200 MB allocated), a PNG of zeros (~70 kB) to 36 Mpx, and a
-    stream of zero words looped once per pair of zero nibbles (0.5 s per 400 kB).  Now: sizes
+    decoded to a 64 Mpx image (~190 MB allocated), a PNG of zeros (~70 kB) to 36 Mpx, and a
+    stream of zero words was walked in Python once per pair of zero nibbles.  Now: sizes
     over MAX_PIXELS are refused before decoding, an empty run (never written by CompressRVL) is
     garbage."""
     rvl = struct.pack("<iff", 1, 0, 0)

@@ -134,3 +134,49 @@ def test_malformed_payloads_are_rejected_with_a_reason(what, fmt, data, decode, 
     with pytest.raises(DecodeError) as e:
         decode(Msg(format=fmt, data=data))
     assert e.value.reason == reason, str(e.value)
+
+
+def _rvl_words(*values) -> bytes:
+    """RVL variable-length nibbles of ``values`` packed MSB-first in little-endian int32 words."""
+    nibbles = []
+    for v in values:
+        while True:
+            nib, v = v & 7, v >> 3
+            nibbles.append(nib | (8 if v else 0))
+            if not v:
+                break
+    nibbles += [0] * (-len(nibbles) % 8)
+    words = [int("".join(f"{n:x}" for n in nibbles[i:i + 8]), 16) for i in range(0, len(nibbles), 8)]
+    return struct.pack(f"<{len(words)}I", *words)
+
+
+def _png_bomb(w: int, h: int) -> bytes:
+    """A valid 16-bit PNG of ``w x h`` zeros: a few hundred kB that decode to ``2 w h`` bytes."""
+    z = zlib.compressobj(9)
+    row = b"\x00" * (1 + 2 * w)
+    body = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return c.PNG_MAGIC + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def test_declared_sizes_and_empty_runs_are_rejected_before_any_work():
+    """Found while fuzzing (test_fuzz_inputs.py): a 20-byte RVL stream declaring 8000x8000 holes
+    decoded to a 64 Mpx image (~190 MB allocated), a PNG of zeros (~70 kB) to 36 Mpx, and a
+    stream of zero words was walked in Python once per pair of zero nibbles.  Now: sizes
+    over MAX_PIXELS are refused before decoding, an empty run (never written by CompressRVL) is
+    garbage."""
+    rvl = struct.pack("<iff", 1, 0, 0)
+    assert c.rvl_decode_payload(struct.pack("<II", 4, 1) + _rvl_words(4, 0)).shape == (1, 4)  # 4 holes
+    for data, says in [
+            (rvl + struct.pack("<II", 8000, 8000) + _rvl_words(64_000_000, 0), "8000x8000"),
+            (rvl + struct.pack("<II", 64, 48) + b"\x00" * 4000, "empty run"),
+            (HDR + _png_bomb(6000, 6000), "over")]:
+        fmt = "16UC1; compressedDepth " + ("rvl" if data[:4] == rvl[:4] else "png")
+        with pytest.raises(DecodeError) as e:
+            c.depth_from_compressed(Msg(format=fmt, data=data))
+        assert e.value.reason == c.COMPRESSED_PAYLOAD and says in str(e.value), str(e.value)
+    with pytest.raises(DecodeError, match="over"):
+        c.color_from_compressed(Msg(format="png", data=_png_bomb(6000, 6000)))

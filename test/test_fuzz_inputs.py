@@ -6,15 +6,22 @@ messages (``PoseStamped``, ``Odometry``, ``TransformStamped``) straight into its
 callbacks: NaN/Inf/negative depth, zero and huge sizes, ``step`` too small/large/odd, wrong
 ``len(data)``, unknown encodings, both byte orders, ``K`` zero or non-finite, inconsistent
 ROI/binning, zero/denormal/non-finite quaternions, zero/equal/backward/far-ahead stamps,
-empty or odd ``frame_id``.  ``CompressedImage`` is not an input of the node on this branch.
+empty or odd ``frame_id``.  A second node, configured with ``depth_transport:
+compressedDepth`` and ``color_transport: compressed`` (:mod:`neural_mapping.io.compressed`),
+receives generated ``CompressedImage`` messages: format strings valid, invalid, empty or
+random; compressedDepth 12-byte config headers with NaN/Inf/zero/negative quantisation and
+wrong format enums (or no room for one); valid, truncated, bit-flipped and garbage PNG (8- and
+16-bit, gray and colour), JPEG and RVL payloads; PNG/JPEG headers declaring huge sizes; RVL
+streams with huge declared sizes, empty runs and garbage words.
 
 Invariants, per message: no exception escapes the callback; the message is either used (a
 frame submitted or waiting for its partner, intrinsics replaced, a pose accepted) or counted
 under a reason.  After each batch: good frames are still mapped, and nothing non-finite
 reached the map, the mesh, the occupancy grid or a pose.
 
-Case counts: ``NM_FUZZ_SCALE`` (default 1: about 10 000 cases, a couple of minutes on the CI
-machine) multiplies every test's ``max_examples`` for a longer run.
+Case counts: ``NM_FUZZ_SCALE`` (default 1: about 10 000 raw cases, a couple of minutes on the
+CI machine, + about 2 000 compressed ones, well under a minute) multiplies every test's
+``max_examples`` for a longer run.
 """
 
 import math
@@ -283,3 +290,212 @@ def test_fuzz_then_good_frames_are_mapped(node):
     drops = node.inputs.drop_counts()
     assert drops and all(k.replace("_", "").isalnum() for k in drops), drops
     assert sum(drops.values()) > 100
+
+
+# ------------------------------------------------------------------ compressed transports
+@pytest.fixture(scope="module")
+def cnode(tmp_path_factory):
+    """A node subscribed to ``depth/image/compressedDepth`` and ``color/image/compressed``."""
+    from rclpy.parameter import Parameter
+    from neural_mapping.ros.node import MappingNode
+    from neural_mapping.io import compressed
+    out = tmp_path_factory.mktemp("fuzz_compressed")
+    ctx = rclpy.Context()
+    rclpy.init(args=[], context=ctx, domain_id=int(np.random.default_rng().integers(100, 200)))
+    params = {"output_dir": str(out), "voxel_size_m": 0.05, "pose_source": "external",
+              "pose_wait_timeout_s": 0.01, "diagnostics_rate_hz": 0.0, "mesh_rate_hz": 0.0,
+              "depth_max_m": 3.0, "depth_transport": "compressedDepth", "color_transport": "compressed"}
+    n = MappingNode(context=ctx, enable_rosout=False, start_parameter_services=False,
+                    parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    assert n.inputs._depth_decode is compressed.depth_from_compressed
+    assert n.inputs._color_decode is compressed.color_from_compressed
+    n.stamp = 1000.0
+    try:
+        yield n
+    finally:
+        n.shutdown(timeout=10.0)
+        n.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_declaring(w: int, h: int, bits: int, color_type: int, body: bytes) -> bytes:
+    """A PNG whose IHDR says ``w x h`` (any size) with ``body`` zlib-compressed as its IDAT."""
+    import struct
+    import zlib
+    from neural_mapping.io.compressed import PNG_MAGIC
+    ihdr = struct.pack(">IIBBBBB", w & 0xFFFFFFFF, h & 0xFFFFFFFF, bits, color_type, 0, 0, 0)
+    return (PNG_MAGIC + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(body))
+            + _png_chunk(b"IEND", b""))
+
+
+def _encoded(arr: np.ndarray, fmt: str) -> bytes:
+    import io as _io
+    from PIL import Image as PILImage
+    buf = _io.BytesIO()
+    PILImage.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+SMALL = st.tuples(st.integers(1, 6), st.integers(1, 6)) | st.just((INTR.height, INTR.width))
+
+
+@st.composite
+def image_payloads(draw):
+    """Bytes of an image file: valid (small or the camera's size), mangled, or declaring a huge
+    size; PNG 8/16-bit gray/colour, JPEG, RVL, or nothing at all."""
+    from neural_mapping.io import compressed
+    kind = draw(st.sampled_from(["png16", "png8", "pngrgb", "jpeg", "jpeg_gray", "rvl", "rvl_raw",
+                                 "huge_png", "huge_jpeg", "garbage", "magic_garbage", "empty"]))
+    h, w = draw(SMALL)
+    if kind == "png16":
+        data = compressed._png16_bytes(np.asarray(draw(st.lists(st.integers(0, 65535), min_size=h * w,
+                                                                max_size=h * w)), np.uint16).reshape(h, w))
+    elif kind in ("png8", "pngrgb", "jpeg", "jpeg_gray"):
+        shape = (h, w) if kind in ("png8", "jpeg_gray") else (h, w, 3)
+        px = np.frombuffer(draw(st.binary(min_size=int(np.prod(shape)), max_size=int(np.prod(shape)))), np.uint8)
+        data = _encoded(px.reshape(shape), "PNG" if kind.startswith("png") else "JPEG")
+    elif kind == "rvl":
+        data = compressed.rvl_encode(np.asarray(draw(st.lists(st.integers(0, 65535) | st.just(0),
+                                                              min_size=h * w, max_size=h * w)),
+                                                np.uint16).reshape(h, w))
+    elif kind == "rvl_raw":  # declared size (0, huge, ...) + garbage / zero / empty-run words
+        import struct
+        cols = draw(st.sampled_from([0, 1, 4, INTR.width, 8000, 2**16, 2**32 - 1]) | st.integers(0, 2**32 - 1))
+        rows = draw(st.sampled_from([0, 1, 3, INTR.height, 8000, 2**32 - 1]) | st.integers(0, 2**32 - 1))
+        words = draw(st.sampled_from([b"", b"\0" * 4000, b"\xff" * 64]) |
+                     st.binary(max_size=200) |
+                     st.builds(lambda z: struct.pack("<I", z), st.integers(0, 2**32 - 1)))
+        data = struct.pack("<II", cols, rows) + words
+    elif kind == "huge_png":  # IHDR says huge (a decompression bomb when the body is zeros)
+        dims = draw(st.sampled_from([(10000, 10000), (2**31 - 1, 1), (1, 2**31 - 1), (70000, 70000),
+                                     (0, 5), (8192, 8192), (4096, 8192)]))
+        bits, ct = draw(st.sampled_from([(16, 0), (8, 0), (8, 2), (16, 2), (1, 0), (8, 3)]))
+        body = draw(st.sampled_from([b"", b"\0" * 20000, b"\x00\xff" * 10]))
+        data = _png_declaring(dims[0], dims[1], bits, ct, body)
+    elif kind == "huge_jpeg":  # a valid JPEG whose SOF0 height/width are patched
+        import struct
+        data = bytearray(_encoded(np.zeros((8, 8, 3), np.uint8), "JPEG"))
+        sof = data.find(b"\xff\xc0")
+        hh, ww = draw(st.sampled_from([(65535, 65535), (0, 0), (65535, 1), (30000, 30000), (8, 65535)]))
+        data[sof + 5:sof + 9] = struct.pack(">HH", hh, ww)
+        data = bytes(data)
+    elif kind == "garbage":
+        data = draw(st.binary(max_size=300))
+    elif kind == "magic_garbage":
+        data = draw(st.sampled_from([compressed.PNG_MAGIC, b"\xff\xd8\xff", b"GIF89a", b"BM", b"II*\0"])) \
+            + draw(st.binary(max_size=200))
+    else:
+        data = b""
+    cut = draw(st.sampled_from([None, None, None, "truncate", "flip"]))
+    if cut == "truncate" and data:
+        data = data[:draw(st.integers(0, len(data) - 1))]
+    elif cut == "flip" and data:
+        b = bytearray(data)
+        for _ in range(draw(st.integers(1, 4))):
+            b[draw(st.integers(0, len(b) - 1))] ^= 1 << draw(st.integers(0, 7))
+        data = bytes(b)
+    return data
+
+
+DEPTH_FORMATS = ["16UC1; compressedDepth png", "16UC1; compressedDepth rvl", "32FC1; compressedDepth png",
+                 "mono16; compressedDepth png", "16UC1; compressedDepth", "32FC1; compressedDepth rvl",
+                 "8UC1; compressedDepth png", "16UC1; compressedDepth zstd", "compressedDepth",
+                 "; compressedDepth png", "16UC1; png", "png", "jpeg", "", "16UC1; compressed png"]
+COLOR_FORMATS = ["rgb8; jpeg compressed bgr8", "bgr8; png compressed bgr8", "jpeg", "png", "",
+                 "16UC1; compressedDepth png", "mono8; jpeg compressed mono8"]
+
+
+@st.composite
+def compressed_images(draw, depth: bool):
+    import struct
+    from sensor_msgs.msg import CompressedImage
+    from neural_mapping.io import compressed
+    m = CompressedImage()
+    m.format = draw(st.sampled_from(DEPTH_FORMATS if depth else COLOR_FORMATS) | st.text(max_size=30))
+    payload = draw(image_payloads())
+    header = b""
+    if depth and draw(st.integers(0, 4)):  # the 12-byte ConfigHeader (or a cut one)
+        enum = draw(st.sampled_from([compressed.INV_DEPTH, compressed.RVL, 2, -1, 2**31 - 1]) |
+                    st.integers(-2**31, 2**31 - 1))
+        qa, qb = draw(FLOATS), draw(FLOATS)
+        if draw(st.booleans()):  # the transport's 32FC1 defaults, mostly
+            qa, qb = 10100.0, 1.0 - 10100.0 / 10.0
+        header = struct.pack("<iff", enum, qa, qb)[:draw(st.sampled_from([12, 12, 12, 0, 4, 11]))]
+    m.data = header + payload
+    m.header.frame_id = draw(FRAME_IDS)
+    m.header.stamp = conv.sec_to_stamp(draw(st.floats(990.0, 1100.0)))
+    return m
+
+
+def _good_compressed_frames_still_mapped(n, k=3):
+    """Good camera_info + k compressedDepth (PNG, RVL, 32FC1 inverse depth) + JPEG frames with
+    poses: all integrated; nothing non-finite in the map, the mesh or the poses."""
+    import torch
+    from neural_mapping.io import compressed
+    from _synthetic_scene import render_depth
+    from sensor_msgs.msg import CompressedImage
+    # no good camera_info came during the fuzz: decoded depths of the camera's size wait for
+    # one and for a color partner; a color newer than all of them sends them on alone (their
+    # unordered stamps may read as a clock jump, which clears newer poses), then good frames
+    n.inputs._on_camera_info(conv.camera_info_msg(INTR, "camera", n.stamp))
+    pending = [s for q in (n.inputs._depths, n.inputs._colors) for s, _ in q]
+    cm = CompressedImage()
+    cm.format, cm.data = compressed.compress_color(np.zeros((INTR.height, INTR.width, 3), np.uint8), "png")
+    cm.header.stamp = conv.sec_to_stamp(max(pending + [0.0]) + 1.0)
+    n.inputs._on_color(cm)
+    assert n.system.flush(timeout=30)
+    last = max(v for v in (n.inputs.frame_clock.last, n.inputs.pose_clock.last, 0.0,
+                           *[s for s, _ in n.inputs._colors]) if v is not None)
+    n.stamp = last + 10.0 if last + 10.0 < 2.0e9 else 1000.0
+    done0 = n.system.frames_integrated
+    for j in range(k):
+        n.stamp += 0.05
+        T = np.eye(4)
+        T[0, 3] = 0.01 * j
+        n.inputs._on_pose_msg(conv.pose_stamped_msg(T, conv.sec_to_stamp(n.stamp), "world"))
+        n.inputs._on_pose_msg(conv.pose_stamped_msg(T, conv.sec_to_stamp(n.stamp + 0.01), "world"))
+        d = render_depth(T, INTR)
+        raw = [np.rint(d * 1000).astype(np.uint16), np.rint(d * 1000).astype(np.uint16), d.astype(np.float32)][j % 3]
+        dm, cm = CompressedImage(), CompressedImage()
+        dm.format, dm.data = compressed.compress_depth(raw, ["png", "rvl", "png"][j % 3])
+        cm.format, cm.data = compressed.compress_color(np.full(d.shape + (3,), 120, np.uint8), "jpeg")
+        for m in (dm, cm):
+            m.header.stamp, m.header.frame_id = conv.sec_to_stamp(n.stamp), "camera"
+        n.inputs._on_color(cm)
+        n.inputs._on_depth(dm)
+        assert n.system.flush(timeout=30)
+    assert n.system.frames_integrated - done0 == k, (n.system.stats(), n.inputs.drop_counts())
+    with n.system.read_map() as f:
+        w = f.weight[: f.grid.num_blocks]
+        assert bool(torch.isfinite(w).all()) and bool(torch.isfinite(f.sdf[: f.grid.num_blocks][w > 0]).all())
+    mesh = n.system.mesh()
+    assert np.isfinite(mesh.vertices).all() and mesh.num_triangles > 0
+    assert all(np.isfinite(p.T_world_cam).all() for p in n.system.trajectory if p.T_world_cam is not None)
+    n.stamp += 1.0
+
+
+@_settings(1300)
+@given(compressed_images(depth=True))
+def test_fuzz_compressed_depth(cnode, msg):
+    _deliver(cnode, cnode.inputs._on_depth, msg)
+
+
+@_settings(800)
+@given(compressed_images(depth=False))
+def test_fuzz_compressed_color(cnode, msg):
+    _deliver(cnode, cnode.inputs._on_color, msg)
+
+
+def test_fuzz_compressed_then_good_frames_are_mapped(cnode):
+    """After the compressed fuzz (same node): good compressed frames are mapped, nothing
+    non-finite anywhere, and the payloads were rejected under the compressed reasons."""
+    _good_compressed_frames_still_mapped(cnode, k=3)
+    drops = cnode.inputs.drop_counts()
+    assert drops.get("compressed_payload", 0) > 50 and drops.get("compressed_format", 0) > 50, drops
+    assert all(k.replace("_", "").isalnum() for k in drops), drops

@@ -191,3 +191,23 @@ def test_compressed_topic_follows_the_remapped_base_name_as_image_transport():
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=ctx)
+
+
+def test_track_mode_without_tf2_ros_says_once_what_it_would_broadcast(tmp_path):
+    """pose_source track used to broadcast map -> <camera frame>, a second parent when the
+    driver publishes camera_link -> optical; now map -> odom (ros/tf_out.py).  Here (no
+    tf2_ros) the node says once that nothing goes out and what would, over DDS."""
+    pytest.importorskip("neural_mapping.ros.node")
+    try:
+        import tf2_ros  # noqa: F401
+        pytest.skip("tf2_ros is importable here: the broadcast path is the one in use")
+    except ImportError:
+        pass
+    h = Harness(tmp_path, node_params(tmp_path / "out", pose_source="track", camera_frame=OPTICAL))
+    try:
+        assert h.spin_until(lambda: "mapping on" in h.logs(), 60), h.logs()
+    finally:
+        logs = h.stop_and_check()
+    assert logs.count("TF: nothing is broadcast: tf2_ros is not importable") == 1, logs
+    assert f"it would be map -> odom = T_map_camera * inverse of the TF lookup odom -> {OPTICAL}" in logs
+    assert f"map -> {OPTICAL}" not in logs

@@ -78,3 +78,54 @@ def test_camera_mount_parameter():
     for bad in ("1 2 3", "0 0 0 0 0 0 2", "a b c d e f g", "0 0 nan 0 0 0 1"):
         with pytest.raises(ValueError, match="camera mount"):
             parse_mount(bad)
+
+
+def test_map_to_odom_correction_keeps_the_robot_tree_and_adds_no_second_parent():
+    """pose_source track: the node knows T_map_cam; the robot publishes odom -> base_link ->
+    camera_link -> optical.  map -> odom = T_map_cam inv(T_odom_cam) puts the camera where the
+    map says, and the map -> optical transform the node used to send is a second parent."""
+    from neural_mapping.io.tf_tree import map_to_odom
+    tf = _tree()
+    T_map_odom = _T([0.02, -0.01, 0.7], [3.0, -1.0, 0.1])  # drift the map corrects
+    for stamp in (0, S // 2, 3 * S // 2):
+        T_odom_cam = tf.lookup("odom", "camera_color_optical_frame", stamp)
+        T_map_cam = T_map_odom @ T_odom_cam  # what tracking estimates
+        corr = map_to_odom(T_map_cam, T_odom_cam)
+        np.testing.assert_allclose(corr, T_map_odom, atol=1e-12)
+        np.testing.assert_allclose(corr[:3, :3] @ corr[:3, :3].T, np.eye(3), atol=1e-12)
+    assert tf.add("map", "odom", 0, T_map_odom, static=True)  # what the node broadcasts now
+    np.testing.assert_allclose(tf.lookup("map", "camera_color_optical_frame", S // 2),
+                               T_map_odom @ tf.lookup("odom", "camera_color_optical_frame", S // 2), atol=1e-12)
+    assert tf.root("camera_color_optical_frame") == "map" and tf.conflicts == 0
+    assert not tf.add("map", "camera_color_optical_frame", 0, np.eye(4))  # the old broadcast
+    assert tf.conflicts == 1
+
+
+def test_tf_root_below_is_the_frame_nothing_else_parents():
+    from neural_mapping.io.tf_tree import tf_root_below
+    opt = "camera_color_optical_frame"
+    assert tf_root_below({}, opt, "map") == opt                                  # bare camera
+    assert tf_root_below({opt: "camera_link"}, opt, "map") == "camera_link"      # driver's static TF
+    assert tf_root_below({opt: "camera_link", "camera_link": "map"}, opt, "map") == "camera_link"  # ours
+    assert tf_root_below({opt: "camera_link", "camera_link": "base_link", "base_link": "odom"},
+                         "/" + opt, "map") == "odom"
+    assert tf_root_below({"a": "b", "b": "a"}, "a", "map") == "b"  # a loop ends the walk
+
+
+def test_node_tf_rule_in_words():
+    pytest.importorskip("rclpy")
+    from neural_mapping.ros.tf_out import tf_plan
+    assert tf_plan("external", "odom", "map").startswith("map -> odom (the map->odom correction")
+    assert "TF lookup odom -> cam" in tf_plan("track", "odom", "map", "cam")
+    assert "top of cam's TF tree" in tf_plan("track", "", "map", "cam")
+    assert "top of <depth frame_id>'s TF tree" in tf_plan("external", "", "map")
+
+
+def test_node_frame_config_is_validated():
+    from neural_mapping.ros.node_config import NodeConfig
+    for bad, says in [({"odom_frame": "map"}, "odom_frame 'map' is map_frame"),
+                      ({"camera_frame": "/map"}, "camera_frame '/map' is map_frame"),
+                      ({"map_frame": ""}, "map_frame must not be empty")]:
+        with pytest.raises(ValueError, match=says):
+            NodeConfig.from_flat(bad)
+    assert NodeConfig.from_flat({"odom_frame": "camera_link"}).odom_frame == "camera_link"

@@ -39,6 +39,7 @@ INV_DEPTH, RVL = 0, 1
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DEPTH_QUANTIZATION = 100.0  # compressed_depth_image_transport defaults (32FC1 only)
 DEPTH_MAX_M = 10.0
+MAX_PIXELS = 1 << 25  # a declared image size beyond this (33 Mpx; 4K is 8 Mpx) is rejected before decoding
 
 
 def is_compressed(msg) -> bool:
@@ -49,6 +50,8 @@ def is_compressed(msg) -> bool:
 def _open(payload: bytes, what: str) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(payload))
+        if im.width * im.height > MAX_PIXELS:  # before PIL allocates it (a few bytes can declare GBs)
+            raise ValueError(f"declared size {im.width}x{im.height} is over {MAX_PIXELS} pixels")
         im.load()  # decode now: errors surface here
         return im
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
@@ -145,7 +148,7 @@ def rvl_decode_payload(payload: bytes) -> np.ndarray:
         raise DecodeError(COMPRESSED_PAYLOAD, "RVL payload shorter than its 8-byte size header")
     cols, rows = struct.unpack_from("<II", payload, 0)
     n = int(cols) * int(rows)
-    if n == 0 or n > 1 << 26:
+    if n == 0 or n > MAX_PIXELS:
         raise DecodeError(COMPRESSED_PAYLOAD, f"RVL image is {cols}x{rows}")
     body = payload[8:]
     words = np.frombuffer(body[:len(body) // 4 * 4], "<u4")
@@ -168,6 +171,8 @@ def rvl_decode_payload(payload: bytes) -> np.ndarray:
         if i + 1 >= nv:
             raise DecodeError(COMPRESSED_PAYLOAD, f"RVL stream ends after {done} of {n} pixels")
         zeros, nonzeros = int(vals[i]), int(vals[i + 1])
+        if zeros + nonzeros == 0:  # CompressRVL never writes an empty run: garbage (and a slow loop)
+            raise DecodeError(COMPRESSED_PAYLOAD, f"RVL stream has an empty run after {done} of {n} pixels")
         if done + zeros + nonzeros > n or i + 2 + nonzeros > nv:
             raise DecodeError(COMPRESSED_PAYLOAD, "RVL run goes past the image / the stream")
         out_runs.append((done + zeros, nonzeros, i + 2))

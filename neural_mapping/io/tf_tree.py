@@ -183,3 +183,24 @@ def parse_mount(text: str) -> Optional[np.ndarray]:
     if abs(n - 1.0) > 1e-3:
         raise ValueError(f"camera mount {text!r}: quaternion norm {n:.4f} is not 1")
     return pose_from_tq(v[:3], v[3:])
+
+
+def map_to_odom(T_map_cam: np.ndarray, T_odom_cam: np.ndarray) -> np.ndarray:
+    """The ``map -> odom`` transform (REP-105) that puts the camera where the map says it is
+    while ``odom -> ... -> camera`` stays as the robot publishes it:
+    ``T_map_odom = T_map_cam @ inv(T_odom_cam)``, both at the same stamp."""
+    return np.asarray(T_map_cam, np.float64) @ inv_pose(np.asarray(T_odom_cam, np.float64))
+
+
+def tf_root_below(parents: Dict[str, str], frame: str, map_frame: str) -> str:
+    """The frame to hang under ``map_frame`` so that ``frame`` gets no second parent: the top
+    of ``frame``'s tree in ``parents`` (child -> parent, e.g. a tf2 buffer's frames), stopping
+    below ``map_frame`` (our own earlier broadcast); ``frame`` itself when nothing parents it."""
+    frame = frame.lstrip("/")
+    seen = {frame}
+    while True:
+        parent = (parents.get(frame) or "").lstrip("/")
+        if not parent or parent == map_frame or parent in seen:
+            return frame
+        seen.add(parent)
+        frame = parent

@@ -9,8 +9,9 @@ Inputs (relative, remappable; :mod:`.inputs`): ``depth/image``, ``depth/camera_i
 ``pose_source`` is ``track``).  Outputs (private): ``~/pose``, ``~/odometry``,
 ``~/path``, ``/diagnostics``; the map outputs of :mod:`.outputs` (``~/mesh``,
 ``~/occupancy``, ``~/costmap``, ``~/esdf_slice``, ``~/occupied_voxels``); TF
-``map -> odom`` (REP-105) or ``map -> camera`` when ``odom_frame`` is empty, if
-tf2_ros is importable.  Services (std_srvs/Trigger): ``~/save_mesh``,
+``map -> odom`` (REP-105), or ``map ->`` the top of the camera's TF tree when ``odom_frame``
+is empty, if tf2_ros is importable (:mod:`.tf_out`: no frame gets a second parent).
+Services (std_srvs/Trigger): ``~/save_mesh``,
 ``~/save_map``, ``~/load_map``, ``~/reset``, ``~/save_occupancy``,
 ``~/republish_mesh``; file paths come from ``output_dir``, never from the request.
 
@@ -60,6 +61,7 @@ from neural_mapping.config import MappingConfig
 from neural_mapping.ros.faults import WorkerWatch
 from neural_mapping.ros.inputs import FrameInputs
 from neural_mapping.ros.outputs import MAP_QOS, MapOutputs, RateTimer
+from neural_mapping.ros.tf_out import TfOutput
 from neural_mapping.ros.params import (NODE_NAME, NodeConfig, config_from_node,
                                        declare_config_parameters, format_effective_config,
                                        install_parameter_validation, node_config_from_node)
@@ -95,12 +97,10 @@ class MappingNode(Node):
         self.pub_odom = self.create_publisher(Odometry, "~/odometry", 10)
         self.pub_path = self.create_publisher(PathMsg, "~/path", MAP_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.tf_broadcaster = None
-        self._tf_unavailable = False
-        self._ensure_tf_broadcaster()
-
         # ---- subscriptions (relative names): decode, pair, submit
         self.inputs = FrameInputs(self, self.system)
+        # TF without a second parent for any frame (rule in ros/tf_out.py, said once here)
+        self.tf_out = TfOutput(self, getattr(self.inputs.tf_poses, "buffer", None))
 
         # ---- services
         self.create_service(Trigger, "~/save_mesh", self._srv_save_mesh)
@@ -126,18 +126,6 @@ class MappingNode(Node):
             f"mapping on {self.system.device} with pose_source={self.cfg.run.pose_source}, "
             f"voxel_size_m={self.cfg.grid.voxel_size_m}, input_qos={self.ncfg.input_qos}")
 
-    def _ensure_tf_broadcaster(self) -> None:
-        if not self.ncfg.publish_tf or self.tf_broadcaster is not None or self._tf_unavailable:
-            return
-        try:
-            from tf2_ros import TransformBroadcaster  # not on PyPI: optional
-            self.tf_broadcaster = TransformBroadcaster(self)
-        except ImportError:
-            self._tf_unavailable = True
-            self.get_logger().warning(
-                "tf2_ros is not importable: no TF is broadcast (poses are still published on "
-                "~/pose, ~/odometry and ~/path)")
-
     def _apply_parameters(self, cfg: MappingConfig, ncfg: NodeConfig, names) -> None:
         """Apply a validated runtime parameter change (raising rejects it, with the reason)."""
         if not names:  # rclpy's own parameters (use_sim_time)
@@ -152,7 +140,7 @@ class MappingNode(Node):
             self.ncfg = ncfg
             self.outputs.apply_node_config(ncfg)
             self.diagnostics_timer.set_rate(ncfg.diagnostics_rate_hz)
-            self._ensure_tf_broadcaster()
+            self.tf_out.enable(ncfg.publish_tf)
         self.get_logger().info("parameters changed: " + ", ".join(
             f"{k}={v!r}" for k, v in {**cfg.to_flat(), **ncfg.to_flat()}.items() if k in names))
 
@@ -193,14 +181,7 @@ class MappingNode(Node):
             self._path_dirty = True
             if time.monotonic() - self._last_path_pub > PATH_PERIOD_S:
                 self._publish_path_locked()
-        if self.tf_broadcaster is not None and self.ncfg.publish_tf:
-            if self.ncfg.odom_frame and self.cfg.run.pose_source != "track":
-                corr = result.T_correction if result.T_correction is not None else np.eye(4)
-                tf = conv.transform_stamped_msg(corr, stamp, self.ncfg.map_frame, self.ncfg.odom_frame)
-            else:
-                tf = conv.transform_stamped_msg(T, stamp, self.ncfg.map_frame,
-                                                self.inputs.camera_frame or "camera")
-            self.tf_broadcaster.sendTransform(tf)
+        self.tf_out.on_pose(result, stamp, self.inputs.camera_frame)
 
     def _publish_path_locked(self) -> None:
         """Publish ~/path if it changed (caller holds ``_lock``).  At most every
@@ -224,6 +205,7 @@ class MappingNode(Node):
             stats.update({f"output_{k}": v for k, v in self.outputs.stats.items()})
             stats["clock_jumps"] = self.inputs.frame_clock.jumps + self.inputs.pose_clock.jumps
             stats.update(worker_failures=self.faults.failures, worker_restarts=self.faults.restarts)
+            stats.update(self.tf_out.stats)
             for k, v in self._lat_stamp.items():
                 if v:
                     arr = np.asarray(v)

@@ -24,12 +24,15 @@ class NodeConfig:
 
     map_frame: str = param("map", "Fixed frame of the map and of every map output (REP-105); "
                            "its z axis is up.")
-    odom_frame: str = param("odom", "Odometry frame (REP-105). The node broadcasts map->odom; "
-                            "empty: it broadcasts map->camera frame instead.")
+    odom_frame: str = param(
+        "odom", "Odometry frame (REP-105): the node broadcasts map->odom only (pose_source track: "
+        "from the TF lookup odom->camera at each stamp; a hand-held camera whose driver publishes "
+        "camera_link->optical: camera_link). Empty: map-> the top of the camera frame's TF tree "
+        "(the camera frame if nothing parents it). No frame gets a second parent.")
     camera_frame: str = param("", "Camera optical frame; empty: the frame_id of the depth image "
                               "header.")
-    publish_tf: bool = param(True, "Broadcast the map->odom (or map->camera) transform "
-                             "(needs tf2_ros).")
+    publish_tf: bool = param(True, "Broadcast the map->odom transform (see odom_frame; needs "
+                             "tf2_ros).")
     input_qos: str = param("reliable", "QoS of the image/camera_info subscriptions: reliable "
                            "(matches reliable publishers only; no loss over loopback) or "
                            "sensor_data (best effort, matches every publisher; large images can "
@@ -95,6 +98,12 @@ class NodeConfig:
             check_value(f, getattr(self, f.name))
         from neural_mapping.io.tf_tree import parse_mount
         parse_mount(self.camera_mount_xyz_m_qxyzw)  # ValueError with the reason
+        if not self.map_frame:
+            raise ValueError("map_frame must not be empty")
+        for name in ("odom_frame", "camera_frame"):  # map -> map: a loop in TF
+            if getattr(self, name).lstrip("/") == self.map_frame.lstrip("/"):
+                raise ValueError(f"{name} {getattr(self, name)!r} is map_frame: the node broadcasts "
+                                 f"map_frame -> odom_frame, which must be two frames")
         # map -> camera would give the camera frame a second parent (its robot's TF has one)
         if not self.odom_frame and (self.pose_input == "tf" or self.camera_mount_xyz_m_qxyzw):
             raise ValueError("pose_input tf and camera_mount_xyz_m_qxyzw need odom_frame (the frame "

@@ -61,6 +61,7 @@ class TrackResult:
     valid_points: int = 0
     inlier_ratio: float = 0.0
     condition: float = float("nan")  # smallest / largest eigenvalue (normalised system)
+    weak_directions: int = 0  # directions kept at the initial guess (weak eigenvalues)
     time_s: float = 0.0
     levels: list = field(default_factory=list)
 
@@ -68,6 +69,7 @@ class TrackResult:
         return {"reason": self.reason, "inliers": self.inliers, "residual_m": self.residual,
                 "iterations": self.iterations, "valid_points": self.valid_points,
                 "inlier_ratio": self.inlier_ratio, "condition": self.condition,
+                "weak_directions": self.weak_directions,
                 "track_ms": self.time_s * 1e3}
 
 
@@ -177,7 +179,7 @@ class Tracker:
                 H, b, n_in, rss = stats
                 if not torch.isfinite(H).all() or not torch.isfinite(b).all():
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
-                xi = self._solve(H, b)
+                xi, weak = self._solve(H, b, L, cfg.tracking_degenerate_ratio)
                 if xi is None:
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
                 T = se3_exp(xi) @ T
@@ -194,9 +196,11 @@ class Tracker:
         H, b, n_in, rss = stats
         T_world_cam = orthonormalize(view.T_world_ref @ T)
         rms = math.sqrt(rss / max(n_in, 1))
+        ev, _, weak = weak_directions(H.cpu().numpy(), _lever_m(L), cfg.tracking_degenerate_ratio)
         res = TrackResult(T_world_cam, True, "ok", inliers=n_in, residual=rms, iterations=total_it,
                           valid_points=n_valid, inlier_ratio=n_in / max(L.n, 1),
-                          condition=self._condition(H, L), levels=levels_info)
+                          condition=_condition(ev), levels=levels_info,
+                          weak_directions=int(weak.sum()))
         res.reason = self._failure(res, L.n, T_init)
         if res.reason != "ok":
             res.ok = False
@@ -211,7 +215,7 @@ class Tracker:
             return "numerical"
         if res.inliers < max(cfg.tracking_min_inliers, cfg.tracking_min_inlier_ratio * n_pts):
             return "few_inliers"
-        if res.condition < cfg.tracking_degenerate_ratio:
+        if res.weak_directions > cfg.tracking_max_weak_directions:
             return "degenerate"
         if res.residual > cfg.tracking_max_rms_m:
             return "large_residual"
@@ -236,26 +240,51 @@ class Tracker:
         return M[:6, :6], M[:6, 6], n_in, float(M[6, 6])
 
     @staticmethod
-    def _solve(H: torch.Tensor, b: torch.Tensor) -> Optional[np.ndarray]:
-        Hn = H.cpu().numpy()
+    def _solve(H: torch.Tensor, b: torch.Tensor, L: Level, ratio: float):
+        """The Gauss-Newton update restricted to the well-constrained directions of ``H``
+        (:func:`weak_directions`): along the weak ones the update is zero, so the estimate
+        keeps the initial guess (the motion prior) there instead of sliding.
+        Returns ``(xi, number of weak directions)``, ``(None, 6)`` when not finite."""
+        lever = _lever_m(L)
+        ev, V, weak = weak_directions(H.cpu().numpy(), lever, ratio)
+        if weak.all():
+            return None, 6
+        s = _scales(lever)
         bn = b.cpu().numpy()
-        # tiny Levenberg damping keeps a (nearly) singular system finite; degeneracy itself is
-        # detected on the final system.
-        Hn = Hn + np.eye(6) * (1e-9 * np.trace(Hn) + 1e-12)
-        try:
-            xi = -np.linalg.solve(Hn, bn)
-        except np.linalg.LinAlgError:
-            return None
-        return xi if np.all(np.isfinite(xi)) else None
+        strong = ~weak
+        Vs = V[:, strong]
+        xi = -s * (Vs @ ((Vs.T @ (s * bn)) / ev[strong]))
+        return (xi if np.all(np.isfinite(xi)) else None), int(weak.sum())
 
-    @staticmethod
-    def _condition(H: torch.Tensor, L: Level) -> float:
-        """Smallest / largest eigenvalue of ``S H S`` with the rotation block scaled by the mean
-        depth (so translations in m and rotations times a lever arm are comparable)."""
-        Hn = H.cpu().numpy()
-        zm = float(L.P[2, :L.n].mean()) if L.n else 1.0
-        s = np.array([1, 1, 1, 1 / zm, 1 / zm, 1 / zm])
-        ev = np.linalg.eigvalsh(Hn * s[:, None] * s[None, :])
-        if not np.all(np.isfinite(ev)) or ev[-1] <= 0:
-            return 0.0
-        return float(max(ev[0], 0.0) / ev[-1])
+
+def _lever_m(L: Level) -> float:
+    """Mean depth of a level's points: the lever arm that makes rotations comparable to
+    translations in the normal equations."""
+    return float(L.P[2, :L.n].mean()) if L.n else 1.0
+
+
+def _scales(lever_m: float) -> np.ndarray:
+    return np.array([1, 1, 1, 1 / lever_m, 1 / lever_m, 1 / lever_m])
+
+
+def weak_directions(H: np.ndarray, lever_m: float, ratio: float):
+    """Eigen-analysis of the 6x6 normal equations ``H`` (``xi = [translation, rotation]``) with
+    the rotation block scaled by ``lever_m`` (so metres and radians times a lever arm compare):
+    ``(eigenvalues ascending, eigenvectors as columns, weak mask)``; a direction is weak when
+    its eigenvalue is below ``ratio`` times the largest.  The eigenvectors are in the scaled
+    coordinates (multiply the rotation part by ``1 / lever_m`` for radians)."""
+    s = _scales(lever_m)
+    Hs = np.asarray(H, np.float64) * s[:, None] * s[None, :]
+    if not np.all(np.isfinite(Hs)):
+        return np.full(6, np.nan), np.eye(6), np.ones(6, bool)
+    ev, V = np.linalg.eigh(Hs)
+    if ev[-1] <= 0:
+        return ev, V, np.ones(6, bool)
+    return ev, V, ev < max(ratio, 1e-12) * ev[-1]
+
+
+def _condition(ev: np.ndarray) -> float:
+    """Smallest / largest eigenvalue of the scaled system."""
+    if not np.all(np.isfinite(ev)) or ev[-1] <= 0:
+        return 0.0
+    return float(max(ev[0], 0.0) / ev[-1])

@@ -142,12 +142,20 @@ class TrackingConfig:
     tracking_max_rms_m: float = param(0.02, "Robust RMS residual above this: the frame fails "
                                       "(large_residual).", unit="m", lo=1e-4, hi=1.0)
     tracking_degenerate_ratio: float = param(
-        1e-4, "A direction of the (depth-normalised) 6x6 ICP system whose eigenvalue is below this "
+        2e-3, "A direction of the (depth-normalised) 6x6 ICP system whose eigenvalue is below this "
         "fraction of the largest is weak (e.g. along a wall-floor line): the estimate keeps the "
         "initial guess (motion prior) there instead of sliding.", lo=0.0, hi=1.0)
     tracking_max_weak_directions: int = param(
         3, "More weak directions than this: the frame fails (degenerate). 3 still tracks a single "
         "flat wall (in its 3 constrained directions).", unit="directions", lo=0, hi=6)
+    tracking_photometric: bool = param(
+        True, "Align the weak directions by intensity against the color the map renders for the "
+        "model view (per-frame affine brightness); frames without color keep the motion prior there.")
+    tracking_photometric_iterations: int = param(
+        10, "Gauss-Newton iterations of the photometric alignment in the weak directions.",
+        unit="iterations", lo=1, hi=100)
+    tracking_photometric_huber: float = param(
+        0.1, "Huber threshold on intensity residuals (gray 0..1).", unit="intensity", lo=1e-4, hi=1.0)
     tracking_max_motion_m: float = param(0.30, "Estimate further than this from the initial guess: "
                                          "the frame fails (large_motion).", unit="m", lo=0.001, hi=100.0)
     refine_time_constant_s: float = param(

@@ -62,6 +62,7 @@ class TrackResult:
     inlier_ratio: float = 0.0
     condition: float = float("nan")  # smallest / largest eigenvalue (normalised system)
     weak_directions: int = 0  # directions kept at the initial guess (weak eigenvalues)
+    photometric_pairs: int = 0  # pairs of the photometric alignment in the weak directions
     time_s: float = 0.0
     levels: list = field(default_factory=list)
 
@@ -70,6 +71,7 @@ class TrackResult:
                 "iterations": self.iterations, "valid_points": self.valid_points,
                 "inlier_ratio": self.inlier_ratio, "condition": self.condition,
                 "weak_directions": self.weak_directions,
+                "photometric_pairs": self.photometric_pairs,
                 "track_ms": self.time_s * 1e3}
 
 
@@ -127,18 +129,20 @@ class Tracker:
             if d.shape[0] >= K.height * f and d.shape[1] >= K.width * f:
                 d = d[: K.height * f, : K.width * f]
                 depth_range = depth_range_from_depth(d, K, margin * backend.truncation_m)
-        rc = backend.render(K, T_world_cam, depth_range=depth_range, color=False, fast=True)
+        rc = backend.render(K, T_world_cam, depth_range=depth_range,
+                            color=self.config.tracking_photometric, fast=True)
         return ModelView.from_raycast(rc, self.device)
 
     # ------------------------------------------------------------ track
     def track(self, frame: RGBDFrame, view: Optional[ModelView], T_init) -> TrackResult:
         """Align ``frame`` to ``view`` starting from ``T_init`` (4x4 camera-to-world);
         ``view=None`` (empty map) fails with ``no_model``."""
-        return self.track_depth(frame.depth, frame.intrinsics, view, T_init)
+        return self.track_depth(frame.depth, frame.intrinsics, view, T_init, frame.color)
 
     def track_depth(self, depth, intrinsics: CameraIntrinsics, view: Optional[ModelView],
-                    T_init) -> TrackResult:
-        """:meth:`track` with a depth image (metres) and its intrinsics."""
+                    T_init, color=None) -> TrackResult:
+        """:meth:`track` with a depth image (metres), its intrinsics and optionally the
+        registered color image (used in weak directions, see :mod:`.photometric`)."""
         t0 = time.perf_counter()
         if view is not None and not isinstance(view, ModelView):
             raise TypeError(f"view must be a ModelView (Tracker.predict), got {type(view).__name__}")
@@ -146,7 +150,7 @@ class Tracker:
         if T_init.shape != (4, 4):
             raise ValueError(f"T_init must be 4x4, got shape {T_init.shape}")
         try:
-            result = self._track(depth, intrinsics, view, T_init)
+            result = self._track(depth, intrinsics, view, T_init, color)
         except torch.linalg.LinAlgError:
             result = TrackResult(T_init.copy(), False, "numerical")
         result.time_s = time.perf_counter() - t0
@@ -158,7 +162,7 @@ class Tracker:
         return build_pyramid(d, intrinsics, self.config.tracking_width_px,
                              [it > 0 for it, _ in self.levels], self.config.tracking_point_stride)
 
-    def _track(self, depth, intrinsics, view: Optional[ModelView], T_init) -> TrackResult:
+    def _track(self, depth, intrinsics, view: Optional[ModelView], T_init, color=None) -> TrackResult:
         cfg = self.config
         if view is None or view.num_valid < cfg.tracking_min_valid_points:
             return TrackResult(T_init.copy(), False, "no_model")
@@ -194,13 +198,19 @@ class Tracker:
             return TrackResult(T_init.copy(), False, "few_inliers", iterations=total_it,
                                valid_points=n_valid)
         H, b, n_in, rss = stats
+        lever = _lever_m(L)
+        ev, V, weak = weak_directions(H.cpu().numpy(), lever, cfg.tracking_degenerate_ratio)
+        photo_pairs = 0
+        if weak.any() and not weak.all() and cfg.tracking_photometric and color is not None \
+                and view.intensity is not None:
+            T, photo_pairs = self._photometric(L, T, view, color, intrinsics,
+                                               _scales(lever)[:, None] * V[:, weak])
         T_world_cam = orthonormalize(view.T_world_ref @ T)
         rms = math.sqrt(rss / max(n_in, 1))
-        ev, _, weak = weak_directions(H.cpu().numpy(), _lever_m(L), cfg.tracking_degenerate_ratio)
         res = TrackResult(T_world_cam, True, "ok", inliers=n_in, residual=rms, iterations=total_it,
                           valid_points=n_valid, inlier_ratio=n_in / max(L.n, 1),
                           condition=_condition(ev), levels=levels_info,
-                          weak_directions=int(weak.sum()))
+                          weak_directions=int(weak.sum()), photometric_pairs=photo_pairs)
         res.reason = self._failure(res, L.n, T_init)
         if res.reason != "ok":
             res.ok = False
@@ -238,6 +248,27 @@ class Tracker:
         if n_in < 6:
             return None
         return M[:6, :6], M[:6, 6], n_in, float(M[6, 6])
+
+    def _photometric(self, L: Level, T: np.ndarray, view: ModelView, color, intrinsics,
+                     basis: np.ndarray):
+        """Align the weak directions ``basis`` (6, k) by intensity (:mod:`.photometric`): the
+        frame's gray image, smoothed over a pyramid block, sampled at the finest level's points."""
+        from neural_mapping.tracking.photometric import align_weak_directions, gray
+        cfg = self.config
+        g = gray(color).to(self.device)
+        if tuple(g.shape) != (intrinsics.height, intrinsics.width):
+            return T, 0
+        f = max(1, intrinsics.width // cfg.tracking_width_px)
+        g = torch.nn.functional.avg_pool2d(g[None, None], 2 * f + 1, 1, f,
+                                           count_include_pad=False)[0, 0]
+        P = L.P[:, :L.n]
+        z = P[2].clamp(min=1e-3)
+        u = torch.round(P[0] / z * intrinsics.fx + intrinsics.cx).long().clamp(0, intrinsics.width - 1)
+        v = torch.round(P[1] / z * intrinsics.fy + intrinsics.cy).long().clamp(0, intrinsics.height - 1)
+        If = g[v, u]
+        return align_weak_directions(P, If, T, view, basis, cfg.tracking_photometric_iterations,
+                                     cfg.tracking_max_dist_fine_m, cfg.tracking_photometric_huber,
+                                     0.002, cfg.tracking_min_inliers)
 
     @staticmethod
     def _solve(H: torch.Tensor, b: torch.Tensor, L: Level, ratio: float):

@@ -156,6 +156,24 @@ class TrackingConfig:
         unit="iterations", lo=1, hi=100)
     tracking_photometric_huber: float = param(
         0.1, "Huber threshold on intensity residuals (gray 0..1).", unit="intensity", lo=1e-4, hi=1.0)
+    tracking_min_inlier_ratio_vs_recent: float = param(
+        0.6, "An estimate whose inlier ratio falls below this fraction of the recent tracked "
+        "frames' (running mean) fails (inlier_drop: a jump ICP cannot explain; relocalisation "
+        "follows).", lo=0.0, hi=1.0)
+    relocalisation_keyframes: int = param(
+        60, "Recent keyframes (model views) a frame is relocalised against after a failed track "
+        "(track mode; 0 = no relocalisation).", unit="keyframes", lo=0, hi=10000)
+    relocalisation_keyframe_every: int = param(
+        5, "Every n-th new model view becomes a keyframe.", unit="views", lo=1, hi=10000)
+    relocalisation_candidates: int = param(
+        6, "Keyframes tried per failed frame (the newest, then the others in turn).",
+        unit="candidates", lo=0, hi=10000)
+    relocalisation_min_inlier_ratio: float = param(
+        0.5, "A relocalisation is accepted only with at least this inlier ratio (strict test).",
+        lo=0.0, hi=1.0)
+    relocalisation_max_rms_m: float = param(
+        0.01, "A relocalisation is accepted only below this robust RMS residual (strict test).",
+        unit="m", lo=1e-4, hi=1.0)
     tracking_max_motion_m: float = param(0.30, "Estimate further than this from the initial guess: "
                                          "the frame fails (large_motion).", unit="m", lo=0.001, hi=100.0)
     refine_time_constant_s: float = param(

@@ -13,8 +13,10 @@ surfaces, exact depth unless ``depth_noise_m``) with its own scene and trajector
                   the translation along the corridor is unconstrained by geometry.
 ``fast_rotation`` the furnished room, the camera pans around from near the centre, up to ~4
                   degrees per frame.
-``jump``          the furnished room's orbit with ``jump_s`` seconds cut out in the middle
-                  (timestamps keep the gap): a tracker must notice and relocalise.
+``jump``          the furnished room, the camera swings back and forth on an arc of the orbit
+                  (+-50 degrees, ~1.6 cm per frame) with ``jump_s`` seconds cut out in the
+                  middle (timestamps keep the gap): it lands ~15 degrees back along the arc,
+                  in a part of the room already mapped; a tracker must relocalise.
 ================  ==========================================================================
 
 Motion is smooth (sums of sines, phases from ``seed``), so a constant-velocity prediction is
@@ -77,9 +79,16 @@ class DegenerateSequence(SyntheticRoom):
 
     # ----------------------------------------------------------- trajectory
     def _trajectory(self, n: int) -> np.ndarray:
-        if self.kind == "jump":
-            return super()._trajectory(n)
         ph = self._phase
+        if self.kind == "jump":
+            out = np.empty((n, 4, 4))
+            for k in range(n):
+                th = 0.25 * math.pi + math.radians(50.0) * math.sin(0.6 * k / self.fps - math.pi / 2)
+                u = np.array([math.cos(th), math.sin(th)])
+                eye = np.array([*(0.9 * u), 1.45 + 0.05 * math.sin(1.1 * k / self.fps + ph[1])])
+                target = np.array([*(-0.6 * u), 0.55 + 0.08 * math.sin(0.9 * k / self.fps + ph[2])])
+                out[k] = _look_at(eye, target, roll_rad=math.radians(3.0) * math.sin(th))
+            return out
         t = np.arange(n) / self.fps
         poses = np.empty((n, 4, 4))
         for k, s in enumerate(t):

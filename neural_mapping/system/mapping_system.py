@@ -388,6 +388,8 @@ class MappingSystem:
         self.latencies["pose"].append(result.latency_s)
         if not result.ok:
             self._count("track_failures")
+        if result.status == "relocalised":
+            self._count("relocalisations")
         self.trajectory.append(result)
         self._latest = result
         self._count("poses")

@@ -142,7 +142,7 @@ class TrackingConfig:
     tracking_max_rms_m: float = param(0.02, "Robust RMS residual above this: the frame fails "
                                       "(large_residual).", unit="m", lo=1e-4, hi=1.0)
     tracking_degenerate_ratio: float = param(
-        2e-3, "A direction of the (depth-normalised) 6x6 ICP system whose eigenvalue is below this "
+        5e-4, "A direction of the (depth-normalised) 6x6 ICP system whose eigenvalue is below this "
         "fraction of the largest is weak (e.g. along a wall-floor line): the estimate keeps the "
         "initial guess (motion prior) there instead of sliding.", lo=0.0, hi=1.0)
     tracking_max_weak_directions: int = param(

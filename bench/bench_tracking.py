@@ -24,6 +24,8 @@ idle machine (two cores: anything else running slows both methods).
     .venv/bin/python bench/bench_tracking.py --sequences tum --frames 200 --no-open3d --lag 0
     .venv/bin/python bench/bench_tracking.py --live --no-open3d    # realtime mode at 30 Hz input
     .venv/bin/python bench/bench_tracking.py --voxel 0.02 --sequences wall_floor corridor fast_rotation jump
+    .venv/bin/python bench/bench_tracking.py --voxel 0.02 --sequences corridor --no-open3d \
+        --set tracking_degenerate_ratio=0.002
 """
 
 from __future__ import annotations
@@ -74,6 +76,13 @@ def _ate(poses: List[np.ndarray], gt: np.ndarray, stamps=None, save=None) -> Dic
             "ate_max_cm": m["ate_max_cm"], "rpe_trans_rmse_cm": m["rpe_trans_rmse_cm"]}
 
 
+def _parse_set(kv: str):
+    """``name=value`` of ``--set`` (a flat config field; value parsed as YAML)."""
+    import yaml
+    name, _, value = kv.partition("=")
+    return name, yaml.safe_load(value)
+
+
 def _median_ms(values) -> float:
     return float(np.median(values) * 1e3) if len(values) else float("nan")
 
@@ -88,7 +97,8 @@ def run_ours(frames, gt, args) -> Dict[str, object]:
         "sync_mode": "realtime" if args.live else "strict", "model_lag_frames": args.lag,
         "torch_threads": args.threads, "device": args.device, "frame_queue_size": 2,
         "tracking_width_px": args.base_width, "tracking_model_width_px": args.model_width,
-        "tracking_point_stride": args.point_stride, "block_size_vox": args.block_size})
+        "tracking_point_stride": args.point_stride, "block_size_vox": args.block_size,
+        **dict(_parse_set(kv) for kv in args.set)})
     system = MappingSystem(cfg)
     try:
         t0 = time.perf_counter()
@@ -186,6 +196,8 @@ def main(argv=None):
     ap.add_argument("--no-ours", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (ours; Open3D uses its default, all cores)")
     ap.add_argument("--device", default="cpu", help="ours: cpu (default) or cuda")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="ours: any flat config field, e.g. --set tracking_degenerate_ratio=0.002")
     ap.add_argument("--save-poses", metavar="DIR", help="write TUM trajectories (ours, open3d, gt) here")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tracking.json"))
     args = ap.parse_args(argv)

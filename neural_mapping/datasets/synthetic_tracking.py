@@ -30,7 +30,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from neural_mapping.datasets.synthetic import SyntheticRoom, _look_at, _Object
+from neural_mapping.datasets.synthetic import SyntheticRoom, look_at
 
 KINDS = ("wall_floor", "corridor", "fast_rotation", "jump")
 _ROOMS = {"wall_floor": (8.0, 3.5, 2.5), "corridor": (10.0, 1.6, 2.5),
@@ -71,7 +71,7 @@ class DegenerateSequence(SyntheticRoom):
         self._poses = self._all_poses[keep]
 
     # ---------------------------------------------------------------- scene
-    def _build_objects(self) -> List[_Object]:
+    def _build_objects(self) -> List:
         objs = super()._build_objects()
         if self.kind in ("wall_floor", "corridor"):  # walls and floor only
             objs = [o for o in objs if o.name == "floor" or o.name.startswith("wall_")]
@@ -87,7 +87,7 @@ class DegenerateSequence(SyntheticRoom):
                 u = np.array([math.cos(th), math.sin(th)])
                 eye = np.array([*(0.9 * u), 1.45 + 0.05 * math.sin(1.1 * k / self.fps + ph[1])])
                 target = np.array([*(-0.6 * u), 0.55 + 0.08 * math.sin(0.9 * k / self.fps + ph[2])])
-                out[k] = _look_at(eye, target, roll_rad=math.radians(3.0) * math.sin(th))
+                out[k] = look_at(eye, target, roll_rad=math.radians(3.0) * math.sin(th))
             return out
         t = np.arange(n) / self.fps
         poses = np.empty((n, 4, 4))
@@ -120,7 +120,7 @@ class DegenerateSequence(SyntheticRoom):
                 d = np.array([math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch),
                               -math.sin(pitch)])
                 roll = math.radians(3.0) * math.sin(1.4 * s + ph[5])
-            poses[k] = _look_at(eye, eye + d, roll_rad=roll)
+            poses[k] = look_at(eye, eye + d, roll_rad=roll)
         return poses
 
     def max_step(self):

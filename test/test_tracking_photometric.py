@@ -122,3 +122,15 @@ def test_wall_floor_pair_joint_cost_recovers_the_motion(wall_floor):
     assert joint.photometric_pairs > 1000
     np.testing.assert_array_equal(no_color.T_world_cam, depth_only.T_world_cam)  # no color: geometry
     assert math.degrees(g.pose_distance(joint.T_world_cam, f1.pose)[1]) < 0.2
+
+
+def test_joint_alignment_is_deterministic(wall_floor):
+    f0, f1 = wall_floor[20], wall_floor[21]
+    view = ModelView.from_depth(f0.depth, f0.intrinsics, f0.pose)
+    view.set_intensity(gray(f0.color))
+    T_init = f1.pose.copy()
+    T_init[:3, 3] += [0.015, 0.0, 0.0]
+    a = _tracker().track(f1, view, T_init)
+    b = _tracker().track(f1, view, T_init)
+    assert a.photometric_pairs > 0
+    np.testing.assert_array_equal(a.T_world_cam, b.T_world_cam)

@@ -154,6 +154,9 @@ class TrackingConfig:
     tracking_photometric_iterations: int = param(
         10, "Gauss-Newton iterations of the photometric alignment in the weak directions.",
         unit="iterations", lo=1, hi=100)
+    tracking_photometric_point_stride: int = param(
+        4, "The photometric alignment uses every n-th point of the finest pyramid level.",
+        lo=1, hi=64)
     tracking_photometric_huber: float = param(
         0.1, "Huber threshold on intensity residuals (gray 0..1).", unit="intensity", lo=1e-4, hi=1.0)
     tracking_min_inlier_ratio_vs_recent: float = param(

@@ -252,7 +252,8 @@ class Tracker:
     def _photometric(self, L: Level, T: np.ndarray, view: ModelView, color, intrinsics,
                      basis: np.ndarray):
         """Align the weak directions ``basis`` (6, k) by intensity (:mod:`.photometric`): the
-        frame's gray image, smoothed over a pyramid block, sampled at the finest level's points."""
+        frame's gray image, smoothed over a pyramid block, sampled at every
+        ``tracking_photometric_point_stride``-th point of level ``L`` (the finest)."""
         from neural_mapping.tracking.photometric import align_weak_directions, gray
         cfg = self.config
         g = gray(color).to(self.device)
@@ -261,7 +262,7 @@ class Tracker:
         f = max(1, intrinsics.width // cfg.tracking_width_px)
         g = torch.nn.functional.avg_pool2d(g[None, None], 2 * f + 1, 1, f,
                                            count_include_pad=False)[0, 0]
-        P = L.P[:, :L.n]
+        P = L.P[:, :L.n:cfg.tracking_photometric_point_stride]
         z = P[2].clamp(min=1e-3)
         u = torch.round(P[0] / z * intrinsics.fx + intrinsics.cx).long().clamp(0, intrinsics.width - 1)
         v = torch.round(P[1] / z * intrinsics.fy + intrinsics.cy).long().clamp(0, intrinsics.height - 1)

@@ -100,7 +100,8 @@ class PosePolicy:
         self._remember(model)
         T_init = self._initial_guess(T_external, model)
         t0 = time.perf_counter()
-        tr = self.tracker.track(frame, model, T_init)
+        prior = self.tracking_config.refine_prior_weight if T_external is not None else 0.0
+        tr = self.tracker.track(frame, model, T_init, prior_weight=prior)
         floor = self._inlier_floor()
         if tr.ok and tr.inlier_ratio < floor:  # a sudden drop: a jump that ICP cannot explain
             tr.ok, tr.reason, tr.T_world_cam = False, "inlier_drop", T_init.copy()

@@ -134,15 +134,19 @@ class Tracker:
         return ModelView.from_raycast(rc, self.device)
 
     # ------------------------------------------------------------ track
-    def track(self, frame: RGBDFrame, view: Optional[ModelView], T_init) -> TrackResult:
+    def track(self, frame: RGBDFrame, view: Optional[ModelView], T_init,
+              prior_weight: float = 0.0) -> TrackResult:
         """Align ``frame`` to ``view`` starting from ``T_init`` (4x4 camera-to-world);
         ``view=None`` (empty map) fails with ``no_model``."""
-        return self.track_depth(frame.depth, frame.intrinsics, view, T_init, frame.color)
+        return self.track_depth(frame.depth, frame.intrinsics, view, T_init, frame.color,
+                                prior_weight)
 
     def track_depth(self, depth, intrinsics: CameraIntrinsics, view: Optional[ModelView],
-                    T_init, color=None) -> TrackResult:
+                    T_init, color=None, prior_weight: float = 0.0) -> TrackResult:
         """:meth:`track` with a depth image (metres), its intrinsics and optionally the
-        registered color image (used in weak directions, see :mod:`.photometric`)."""
+        registered color image (used in weak directions, see :mod:`.photometric`).
+        ``prior_weight`` > 0: ``T_init`` is also a prior (odometry), added to the normal
+        equations with this fraction of their mean (depth-normalised) diagonal per direction."""
         t0 = time.perf_counter()
         if view is not None and not isinstance(view, ModelView):
             raise TypeError(f"view must be a ModelView (Tracker.predict), got {type(view).__name__}")
@@ -150,7 +154,7 @@ class Tracker:
         if T_init.shape != (4, 4):
             raise ValueError(f"T_init must be 4x4, got shape {T_init.shape}")
         try:
-            result = self._track(depth, intrinsics, view, T_init, color)
+            result = self._track(depth, intrinsics, view, T_init, color, prior_weight)
         except torch.linalg.LinAlgError:
             result = TrackResult(T_init.copy(), False, "numerical")
         result.time_s = time.perf_counter() - t0
@@ -162,7 +166,8 @@ class Tracker:
         return build_pyramid(d, intrinsics, self.config.tracking_width_px,
                              [it > 0 for it, _ in self.levels], self.config.tracking_point_stride)
 
-    def _track(self, depth, intrinsics, view: Optional[ModelView], T_init, color=None) -> TrackResult:
+    def _track(self, depth, intrinsics, view: Optional[ModelView], T_init, color=None,
+               prior_weight: float = 0.0) -> TrackResult:
         cfg = self.config
         if view is None or view.num_valid < cfg.tracking_min_valid_points:
             return TrackResult(T_init.copy(), False, "no_model")
@@ -171,6 +176,7 @@ class Tracker:
         if L.n < cfg.tracking_min_valid_points:
             return TrackResult(T_init.copy(), False, "no_depth", valid_points=n_valid)
         T = inv_pose(view.T_world_ref) @ T_init  # T_ref_cam (float64)
+        T_prior = T.copy()
         total_it = 0
         stats = None
         levels_info: List[tuple] = []
@@ -183,7 +189,10 @@ class Tracker:
                 H, b, n_in, rss = stats
                 if not torch.isfinite(H).all() or not torch.isfinite(b).all():
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
-                xi, weak = self._solve(H, b, L, cfg.tracking_degenerate_ratio)
+                if prior_weight > 0:
+                    xi = self._solve_with_prior(H, b, L, prior_weight, T @ inv_pose(T_prior))
+                else:
+                    xi, weak = self._solve(H, b, L, cfg.tracking_degenerate_ratio)
                 if xi is None:
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
                 T = se3_exp(xi) @ T
@@ -270,6 +279,24 @@ class Tracker:
         return align_weak_directions(P, If, T, view, basis, cfg.tracking_photometric_iterations,
                                      cfg.tracking_max_dist_fine_m, cfg.tracking_photometric_huber,
                                      0.002, cfg.tracking_min_inliers)
+
+    @staticmethod
+    def _solve_with_prior(H: torch.Tensor, b: torch.Tensor, L: Level, weight: float,
+                          T_from_prior: np.ndarray) -> Optional[np.ndarray]:
+        """Gauss-Newton update with a prior at ``T_init``: ``(H + W) xi = -(b + W d)``, ``d``
+        the current offset from the prior (se3 log), ``W`` ``weight`` times the mean diagonal
+        of the depth-normalised system (isotropic there)."""
+        from neural_mapping.geometry import se3_log
+        s = _scales(_lever_m(L))
+        Hs = H.cpu().numpy() * s[:, None] * s[None, :]
+        w = weight * float(np.trace(Hs)) / 6.0
+        d = se3_log(T_from_prior) / s
+        try:
+            y = -np.linalg.solve(Hs + np.eye(6) * w, s * b.cpu().numpy() + w * d)
+        except np.linalg.LinAlgError:
+            return None
+        xi = s * y
+        return xi if np.all(np.isfinite(xi)) else None
 
     @staticmethod
     def _solve(H: torch.Tensor, b: torch.Tensor, L: Level, ratio: float):

@@ -14,14 +14,19 @@ Pipeline of :meth:`Tracker.track`
        association), pairs are kept when their distance is below the level's
        ``tracking_max_dist_*_m`` and their normals agree within ``tracking_max_angle_deg``,
        the residuals ``r = n_model . (T p - v_model)`` get robust (Huber) weights, the 6x6
-       normal equations are built with one float64 matrix product and solved in float64,
-       and the pose is updated on the left, ``T <- exp(xi) T``.  A level stops when the
+       normal equations are built with one float64 matrix product and solved in float64 in
+       their well-constrained eigen-directions only (weak ones, below
+       ``tracking_degenerate_ratio`` of the largest eigenvalue, keep the initial guess, i.e.
+       the motion prior; with ``prior_weight`` the initial guess is a prior in the cost
+       instead), and the pose is updated on the left, ``T <- exp(xi) T``.  Weak directions
+       left after the finest level are then aligned by intensity against the model view's
+       rendered color (:mod:`neural_mapping.tracking.photometric`).  A level stops when the
        update is below ``tracking_eps_trans_m`` / ``tracking_eps_rot_rad``.
     4. Failure detection -> ``TrackResult(ok=False, reason=...)`` and the estimate is
        discarded (the caller keeps its pose and must not integrate the frame):
        ``no_model`` (no view, or too few valid model pixels), ``no_depth`` (too few valid
-       frame pixels), ``few_inliers``, ``large_residual``, ``degenerate`` (ill-conditioned
-       system: e.g. a flat wall leaves three directions unconstrained), ``large_motion``
+       frame pixels), ``few_inliers``, ``large_residual``, ``degenerate`` (more than
+       ``tracking_max_weak_directions`` weak directions), ``large_motion``
        (jump from ``T_init`` beyond ``tracking_max_motion_*``), ``numerical``.
 
 The tracker is stateless: the initial guess (constant velocity, or the external pose for

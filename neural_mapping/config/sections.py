@@ -185,9 +185,10 @@ class TrackingConfig:
         "times, the alignment to the map over longer ones). 0 = take every tracked pose as is.",
         unit="s", lo=0.0, hi=3600.0)
     refine_prior_weight: float = param(
-        0.0, "external+refine: the odometry pose is also a prior in the ICP cost, with this "
+        0.3, "external+refine: the odometry pose is also a prior in the ICP cost, with this "
         "information per direction as a fraction of the (depth-normalised) ICP system's mean "
-        "diagonal (0 = initial guess only).", lo=0.0, hi=1e6)
+        "diagonal (0 = initial guess only; 0.3 measured best with bench/bench_refine.py).",
+        lo=0.0, hi=1e6)
     tracking_max_motion_deg: float = param(30.0, "Rotation from the initial guess above this: the "
                                            "frame fails (large_motion).", unit="deg", lo=0.1, hi=180.0)
     tracking_model_margin_trunc: float = param(

@@ -68,13 +68,14 @@ class DriftingOdometry:
 
 
 def bench(name: str, frames: int, voxel: float, cm_per_s: float, deg_per_s: float, seed: int,
-          time_constant_s: float):
+          time_constant_s: float, prior_weight: float = 0.0):
     ds = open_dataset(SEQUENCES[name], max_frames=frames or None)
     stamps = [ds[i].timestamp for i in range(len(ds))] if not hasattr(ds, "timestamps") else list(ds.timestamps)
     odo = DriftingOdometry(stamps, cm_per_s, deg_per_s, seed)
     cfg = MappingConfig.from_flat({"voxel_size_m": voxel, "pose_source": "external+refine",
                                    "sync_mode": "strict", "device": "cpu",
-                                   "refine_time_constant_s": time_constant_s})
+                                   "refine_time_constant_s": time_constant_s,
+                                   "refine_prior_weight": prior_weight})
     t0 = time.perf_counter()
     res = run(ds, cfg, REPO / "output" / f"bench_refine_{name}", progress=False, render_views=False,
               input_pose=odo)
@@ -85,7 +86,7 @@ def bench(name: str, frames: int, voxel: float, cm_per_s: float, deg_per_s: floa
     m_out = trajectory_metrics(res.poses, gt, res.timestamps)
     return {"sequence": name, "frames": int(res.metrics["frames"]), "voxel_size_m": voxel,
             "drift_cm_per_s": cm_per_s, "drift_deg_per_s": deg_per_s,
-            "refine_time_constant_s": time_constant_s,
+            "refine_time_constant_s": time_constant_s, "refine_prior_weight": prior_weight,
             "input_ate_cm": m_in["ate_rmse_cm"], "refined_ate_cm": m_out["ate_rmse_cm"],
             "ratio": m_out["ate_rmse_cm"] / m_in["ate_rmse_cm"],
             "tracking_failures": int(res.metrics["tracking_failures"]),
@@ -103,10 +104,12 @@ def main(argv=None) -> int:
     ap.add_argument("--time-constant-s", type=float,
                     default=MappingConfig().tracking.refine_time_constant_s,
                     help="refine_time_constant_s (0 = take every tracked pose as is)")
+    ap.add_argument("--prior-weight", type=float, default=MappingConfig().tracking.refine_prior_weight,
+                    help="refine_prior_weight (odometry as a prior in the ICP cost)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "refine.json"))
     args = ap.parse_args(argv)
     rows = [bench(s, args.frames, args.voxel_size_m, args.drift_cm_per_s, args.drift_deg_per_s, args.seed,
-                  args.time_constant_s)
+                  args.time_constant_s, args.prior_weight)
             for s in args.sequences]
     print(f"{'sequence':10} {'frames':>6} {'input ATE cm':>13} {'refined ATE cm':>15} {'ratio':>6} "
           f"{'fails':>5} {'fps':>6}")

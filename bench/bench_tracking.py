@@ -23,6 +23,9 @@ idle machine (two cores: anything else running slows both methods).
     .venv/bin/python bench/bench_tracking.py --voxel 0.02
     .venv/bin/python bench/bench_tracking.py --sequences tum --frames 200 --no-open3d --lag 0
     .venv/bin/python bench/bench_tracking.py --live --no-open3d    # realtime mode at 30 Hz input
+    .venv/bin/python bench/bench_tracking.py --voxel 0.02 --sequences wall_floor corridor fast_rotation jump
+    .venv/bin/python bench/bench_tracking.py --voxel 0.02 --sequences corridor --no-open3d \
+        --set tracking_degenerate_ratio=0.002
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ from neural_mapping.system.mapping_system import MappingSystem  # noqa: E402
 DATA = Path(os.environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data"))
 SEQUENCES = {"tum": DATA / "tum_fr1_xyz", "7scenes": DATA / "7scenes_redkitchen"}
 DEFAULT_FRAMES = {"tum": 0, "7scenes": 500}  # 0 = all
+SYNTHETIC = ("wall_floor", "corridor", "fast_rotation", "jump")  # datasets/synthetic_tracking.py
 
 
 def load(name: str, frames: int, undistort: bool):
+    if name in SYNTHETIC:
+        from neural_mapping.datasets.synthetic_tracking import DegenerateSequence
+        ds = DegenerateSequence(name, num_frames=frames or None, seed=0)
+        return f"synthetic-{name}", [ds[i] for i in range(len(ds))], ds.gt_poses()
     kw = {"undistort": undistort} if name == "tum" else {}
     n = frames if frames else DEFAULT_FRAMES[name]
     ds = open_dataset(SEQUENCES[name], max_frames=n or None, **kw)
@@ -68,6 +76,13 @@ def _ate(poses: List[np.ndarray], gt: np.ndarray, stamps=None, save=None) -> Dic
             "ate_max_cm": m["ate_max_cm"], "rpe_trans_rmse_cm": m["rpe_trans_rmse_cm"]}
 
 
+def _parse_set(kv: str):
+    """``name=value`` of ``--set`` (a flat config field; value parsed as YAML)."""
+    import yaml
+    name, _, value = kv.partition("=")
+    return name, yaml.safe_load(value)
+
+
 def _median_ms(values) -> float:
     return float(np.median(values) * 1e3) if len(values) else float("nan")
 
@@ -82,7 +97,8 @@ def run_ours(frames, gt, args) -> Dict[str, object]:
         "sync_mode": "realtime" if args.live else "strict", "model_lag_frames": args.lag,
         "torch_threads": args.threads, "device": args.device, "frame_queue_size": 2,
         "tracking_width_px": args.base_width, "tracking_model_width_px": args.model_width,
-        "tracking_point_stride": args.point_stride, "block_size_vox": args.block_size})
+        "tracking_point_stride": args.point_stride, "block_size_vox": args.block_size,
+        **dict(_parse_set(kv) for kv in args.set)})
     system = MappingSystem(cfg)
     try:
         t0 = time.perf_counter()
@@ -107,6 +123,7 @@ def run_ours(frames, gt, args) -> Dict[str, object]:
                                                   f"strict, lag {args.lag}") + ")",
            "frames": n, "poses": len(tracked), "integrated": int(stats.get("integrated", 0)),
            "failures": int(stats.get("track_failures", 0)),
+           "relocalisations": int(stats.get("relocalisations", 0)),
            "dropped": {k: int(v) for k, v in stats.items() if k.startswith("dropped")},
            "fps": len(tracked) / wall, "ms_per_frame": wall / max(len(tracked), 1) * 1e3,
            "track_ms_median": _median_ms(system.timings["track"]),
@@ -149,6 +166,7 @@ def run_open3d(frames, gt, args) -> Dict[str, object]:
     wall = time.perf_counter() - t0
     n = len(frames)
     out = {"method": "open3d slam.Model", "frames": n, "poses": n, "failures": failures,
+           "relocalisations": 0,
            "fps": n / wall, "ms_per_frame": wall / n * 1e3}
     out.update(_ate(poses, gt, [f.timestamp for f in frames], _save(args, frames, "open3d")))
     return out
@@ -156,7 +174,9 @@ def run_open3d(frames, gt, args) -> Dict[str, object]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sequences", nargs="+", default=["tum", "7scenes"], choices=sorted(SEQUENCES))
+    ap.add_argument("--sequences", nargs="+", default=["tum", "7scenes"], choices=sorted(SEQUENCES) + list(SYNTHETIC),
+                    help="real sequences and the seeded synthetic ones (wall_floor, corridor, "
+                    "fast_rotation, jump; 640x480, exact depth)")
     ap.add_argument("--frames", type=int, default=0,
                     help="first N frames (0 = TUM: all 798, 7-Scenes: 0-499 as in the issue)")
     ap.add_argument("--voxel", type=float, default=0.01)
@@ -176,6 +196,8 @@ def main(argv=None):
     ap.add_argument("--no-ours", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (ours; Open3D uses its default, all cores)")
     ap.add_argument("--device", default="cpu", help="ours: cpu (default) or cuda")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="ours: any flat config field, e.g. --set tracking_degenerate_ratio=0.002")
     ap.add_argument("--save-poses", metavar="DIR", help="write TUM trajectories (ours, open3d, gt) here")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tracking.json"))
     args = ap.parse_args(argv)
@@ -199,11 +221,11 @@ def main(argv=None):
             print(json.dumps(r), flush=True)
     print()
     print(f"{'sequence':22s} {'method':38s} {'frames':>6s} {'poses':>6s} {'ATE cm':>7s} {'ATE0 cm':>8s} "
-          f"{'ms/frame':>9s} {'fps':>6s} {'fail':>5s}")
+          f"{'ms/frame':>9s} {'fps':>6s} {'fail':>5s} {'reloc':>5s}")
     for r in rows:
         print(f"{r['sequence']:22s} {r['method']:38s} {r['frames']:6d} {r['poses']:6d} "
               f"{r['ate_rmse_cm']:7.2f} {r['ate_first_frame_cm']:8.2f} {r['ms_per_frame']:9.1f} "
-              f"{r['fps']:6.1f} {r['failures']:5d}")
+              f"{r['fps']:6.1f} {r['failures']:5d} {r['relocalisations']:5d}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")}

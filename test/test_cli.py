@@ -70,7 +70,8 @@ def test_run_track_mode_on_synthetic(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
     assert m["pose_source"] == "track" and m["sync_mode"] == "strict"
-    assert m["frames"] == 12 and m["tracking_failures"] == 0
+    assert m["frames"] == 12 and m["tracking_failures"] == 0 and m["relocalisations"] == 0
+    assert "0 frames failed (not integrated), 0 relocalised" in capsys.readouterr().out
     assert m["ate_rmse_cm"] < 2.0, m
     assert len((out / "poses.txt").read_text().strip().splitlines()) >= 12
 

@@ -108,11 +108,24 @@ def test_no_valid_depth_fails_cleanly(reference):
         np.testing.assert_array_equal(res.T_world_cam, T0)
 
 
-def test_textureless_wall_is_degenerate():
+def test_textureless_wall_keeps_the_prior_in_its_weak_directions():
+    """A flat wall constrains 3 directions (the distance to it, two tilts): those are
+    recovered, the other 3 stay at the initial guess -- tracked, not a failure; with
+    tracking_max_weak_directions below 3 it is a 'degenerate' failure."""
     d = render_depth(T0, walls_only="plane")
     view = ModelView.from_depth(d, K, T0)
     T1 = T0 @ g.se3_exp([0.01, 0, 0, 0, 0, 0])
     res = tracker().track_depth(render_depth(T1, walls_only="plane"), K, view, T0)
+    assert res.ok and res.weak_directions == 3, res.info()
+    n = T0[:3, :3].T @ np.array([0.0, 0.0, 1.0])  # wall normal (world z) in T0's camera frame
+    step = (inv := g.inv_pose(T0) @ res.T_world_cam)[:3, 3]
+    true = (g.inv_pose(T0) @ T1)[:3, 3]
+    assert abs(np.dot(step - true, n)) < 1e-3  # the distance to the wall is recovered
+    # along the wall nothing moved it: the estimate stays at the prior (T0) there
+    along = step - np.dot(step, n) * n
+    assert np.linalg.norm(along) < 2e-3, (along, inv)
+    res = tracker(tracking_max_weak_directions=2).track_depth(
+        render_depth(T1, walls_only="plane"), K, view, T0)
     assert not res.ok and res.reason == "degenerate"
     assert np.all(np.isfinite(res.T_world_cam))
 

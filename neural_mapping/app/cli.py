@@ -201,6 +201,9 @@ def cmd_run(args) -> int:
               f"{fmt_value(m['ate_first_frame_rmse_cm'], ' cm')} (first frame); RPE "
               f"{fmt_value(m['rpe_trans_rmse_cm'], ' cm')} / {fmt_value(m['rpe_rot_rmse_deg'], ' deg')} per frame "
               f"(pose source: {m['pose_source']})")
+    if m.get("pose_source") != "external":
+        print(f"tracking       {m['tracking_failures']} frames failed (not integrated), "
+              f"{m.get('relocalisations', 0)} relocalised")
     print(f"outputs        {res.out_dir}/: " + ", ".join(sorted(p.name for p in res.files.values())))
     if view:
         view.hold_and_close()  # serve until Ctrl-C or --view-hold-s

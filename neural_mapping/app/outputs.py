@@ -15,7 +15,8 @@ Map files (``cfg.run.output_dir``):
 =====================  ==========================================================
 
 Metrics (``metrics.json``, ``RunResult.metrics``): ``dataset``, ``frames`` (integrated),
-``frames_total``, ``frames_skipped_no_pose``, ``tracking_failures``, ``fps`` (end to end),
+``frames_total``, ``frames_skipped_no_pose``, ``tracking_failures``, ``relocalisations``,
+``fps`` (end to end),
 ``integrate_fps``, ``integrate_ms_{mean,median,max}``, ``track_ms_mean``,
 ``predict_ms_mean``, ``load_wait_ms_mean``, ``mesh_ms``, ``mesh_vertices``,
 ``mesh_triangles``, ``voxel_size_m``, ``blocks``, ``memory_mb``, ``device``, ``backend``,
@@ -64,6 +65,7 @@ def collect_metrics(ds, backend, cfg: MappingConfig, stats: dict, mesh, mesh_ms:
         "frames_total": int(stats["frames_total"]),
         "frames_skipped_no_pose": int(stats["frames_skipped_no_pose"]),
         "tracking_failures": int(stats["tracking_failures"]),
+        "relocalisations": int(stats.get("relocalisations", 0)),
         "fps": frames / stats["loop_s"] if stats["loop_s"] > 0 else nan,
         "integrate_fps": float(1000.0 / integ.mean()) if len(integ) else nan,
         "integrate_ms_mean": _mean(integ),

@@ -155,6 +155,7 @@ def map_sequence(ds: Dataset, system, cfg: MappingConfig, input_pose: InputPose 
         if (done and has_gt) else None,
         "frames": len(done), "frames_total": n, "frames_skipped_no_pose": skipped,
         "tracking_failures": sum(1 for p in system.trajectory if not p.ok),
+        "relocalisations": sum(1 for p in system.trajectory if p.status == "relocalised"),
         "loop_s": loop_s, "load_ms": load_ms,
         "integrate_ms": [1000 * t for t in system.timings["integrate"]],
         "track_ms": [1000 * t for t in system.timings["track"]],

@@ -168,8 +168,41 @@ class TrackingConfig:
     tracking_max_rms_m: float = param(0.02, "Robust RMS residual above this: the frame fails "
                                       "(large_residual).", unit="m", lo=1e-4, hi=1.0)
     tracking_degenerate_ratio: float = param(
-        1e-4, "Smallest / largest eigenvalue of the (depth-normalised) 6x6 ICP system below this: "
-        "the frame fails (degenerate, e.g. a flat wall).", lo=0.0, hi=1.0)
+        5e-4, "A direction of the (depth-normalised) 6x6 ICP system whose eigenvalue is below this "
+        "fraction of the largest is weak (e.g. along a wall-floor line): the estimate keeps the "
+        "initial guess (motion prior) there instead of sliding.", lo=0.0, hi=1.0)
+    tracking_max_weak_directions: int = param(
+        3, "More weak directions than this: the frame fails (degenerate). 3 still tracks a single "
+        "flat wall (in its 3 constrained directions).", unit="directions", lo=0, hi=6)
+    tracking_photometric: bool = param(
+        True, "Align the weak directions by intensity against the color the map renders for the "
+        "model view (per-frame affine brightness); frames without color keep the motion prior there.")
+    tracking_photometric_iterations: int = param(
+        10, "Gauss-Newton iterations of the photometric alignment in the weak directions.",
+        unit="iterations", lo=1, hi=100)
+    tracking_photometric_point_stride: int = param(
+        4, "The photometric alignment uses every n-th point of the finest pyramid level.",
+        lo=1, hi=64)
+    tracking_photometric_huber: float = param(
+        0.1, "Huber threshold on intensity residuals (gray 0..1).", unit="intensity", lo=1e-4, hi=1.0)
+    tracking_min_inlier_ratio_vs_recent: float = param(
+        0.6, "An estimate whose inlier ratio falls below this fraction of the recent tracked "
+        "frames' (running mean) fails (inlier_drop: a jump ICP cannot explain; relocalisation "
+        "follows).", lo=0.0, hi=1.0)
+    relocalisation_keyframes: int = param(
+        60, "Recent keyframes (model views) a frame is relocalised against after a failed track "
+        "(track mode; 0 = no relocalisation).", unit="keyframes", lo=0, hi=10000)
+    relocalisation_keyframe_every: int = param(
+        5, "Every n-th new model view becomes a keyframe.", unit="views", lo=1, hi=10000)
+    relocalisation_candidates: int = param(
+        6, "Keyframes tried per failed frame (the newest, then the others in turn).",
+        unit="candidates", lo=0, hi=10000)
+    relocalisation_min_inlier_ratio: float = param(
+        0.5, "A relocalisation is accepted only with at least this inlier ratio (strict test).",
+        lo=0.0, hi=1.0)
+    relocalisation_max_rms_m: float = param(
+        0.01, "A relocalisation is accepted only below this robust RMS residual (strict test).",
+        unit="m", lo=1e-4, hi=1.0)
     tracking_max_motion_m: float = param(0.30, "Estimate further than this from the initial guess: "
                                          "the frame fails (large_motion).", unit="m", lo=0.001, hi=100.0)
     refine_time_constant_s: float = param(
@@ -177,6 +210,11 @@ class TrackingConfig:
         "time constant (a complementary filter: the external odometry is trusted over shorter "
         "times, the alignment to the map over longer ones). 0 = take every tracked pose as is.",
         unit="s", lo=0.0, hi=3600.0)
+    refine_prior_weight: float = param(
+        0.3, "external+refine: the odometry pose is also a prior in the ICP cost, with this "
+        "information per direction as a fraction of the (depth-normalised) ICP system's mean "
+        "diagonal (0 = initial guess only; 0.3 measured best with bench/bench_refine.py).",
+        lo=0.0, hi=1e6)
     tracking_max_motion_deg: float = param(30.0, "Rotation from the initial guess above this: the "
                                            "frame fails (large_motion).", unit="deg", lo=0.1, hi=180.0)
     tracking_model_margin_trunc: float = param(

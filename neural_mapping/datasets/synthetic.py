@@ -63,6 +63,9 @@ def _look_at(eye: np.ndarray, target: np.ndarray, roll_rad: float = 0.0,
     return T
 
 
+look_at = _look_at  # public: other generators (datasets/synthetic_tracking.py) use it
+
+
 class SyntheticRoom(Dataset):
     """Synthetic furnished room with ground-truth poses and mesh (see the module docstring).
 

@@ -89,7 +89,8 @@ def raycast(field: VoxelField, intrinsics: CameraIntrinsics, T_world_cam, *,
     range is sampled densely (every voxel) in a few batched passes instead.
     ``fast`` (the tracker's model view): normals (and validity) come from the trilinear
     gradient at the interpolated crossing, before the Newton step moves the point by a
-    fraction of a voxel: one trilinear lookup per hit instead of two; no color.
+    fraction of a voxel: one trilinear lookup per hit instead of two (color, if asked, at
+    that crossing too).
     """
     rays = _resolve(field, intrinsics, T_world_cam, depth_min_m, depth_max_m, depth_range,
                     march_unhinted, with_color, fast, step_fraction)
@@ -134,8 +135,6 @@ def _resolve(field: VoxelField, intrinsics, T_world_cam, depth_min_m, depth_max_
         raise TypeError(f"intrinsics must be CameraIntrinsics, got {type(intrinsics).__name__}")
     if not (0 <= depth_min_m < depth_max_m):
         raise ValueError(f"need 0 <= depth_min_m < depth_max_m, got {depth_min_m}, {depth_max_m}")
-    if fast and with_color:
-        raise ValueError("fast renders no color (with_color=False)")
     if not 0 < step_fraction <= 1:
         raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction}")
     T = check_pose(T_world_cam.detach().cpu().numpy() if isinstance(T_world_cam, torch.Tensor)
@@ -254,7 +253,7 @@ def _refine(field: VoxelField, rays: _Rays, hits: _Hits, with_color: bool, fast:
 
     ta, tb = hits.ta[ids], hits.tb[ids]
     s1 = sa + (sb - sa) * (ta / (ta - tb).clamp_min(1e-12))
-    r1 = tri_at(s1, with_grad=True)
+    r1 = tri_at(s1, with_grad=True, with_color=with_color and fast)
     slope = (r1["grad"] * dsel).sum(dim=0)  # d sdf / d s, negative towards a surface
     sn = s1 - r1["sdf"] / torch.where(slope < 0, slope, -1.0)
     sm = torch.where((slope < 0) & (sn >= sa - vs) & (sn <= sb + vs), sn, s1)

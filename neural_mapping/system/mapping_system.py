@@ -386,8 +386,8 @@ class MappingSystem:
     def _publish_pose(self, job: _Job, result: PoseResult) -> None:
         result.latency_s = time.monotonic() - job.t_submit
         self.latencies["pose"].append(result.latency_s)
-        if not result.ok:
-            self._count("track_failures")
+        if not result.ok or result.status == "relocalised":
+            self._count("track_failures" if not result.ok else "relocalisations")
         self.trajectory.append(result)
         self._latest = result
         self._count("poses")

@@ -18,6 +18,15 @@ calls is stateless (:class:`~neural_mapping.tracking.tracker.Tracker`).
 A failed track (``failed``, or ``lost`` after ``lost_after_failures`` in a row) returns
 ``ok=False``: the frame must not be integrated; its pose is the best guess (external pose,
 else the last good one).
+
+Relocalisation (``track``): after a failed track the frame is aligned to keyframes -- the
+model views of every ``relocalisation_keyframe_every``-th distinct view the policy saw (the
+last ``relocalisation_keyframes``; already rendered, so the map is not read from this
+thread) -- each from its own reference pose, at most ``relocalisation_candidates`` per frame
+(the newest keyframe first, then the others in turn over the following frames).  A candidate
+is accepted only when it passes every tracking check and the strict ones
+(``relocalisation_min_inlier_ratio``, ``relocalisation_max_rms_m``); the frame is then
+``relocalised`` (``ok``, integrated) and the motion model restarts from it.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ class PoseResult:
     index: int
     stamp: float
     T_world_cam: np.ndarray
-    status: str  # external | tracked | refined | initial | failed | lost
+    status: str  # external | tracked | refined | initial | relocalised | failed | lost
     ok: bool
     T_correction: Optional[np.ndarray] = None  # refined @ inv(external) (map->odom for refine)
     latency_s: float = 0.0
@@ -65,6 +74,12 @@ class PosePolicy:
         self.refine_stamp: Optional[float] = None
         self.consecutive_failures = 0
         self.track_time_s = 0.0  # ICP time of the last estimate (0 when none ran)
+        self.keyframes: list = []  # model views to relocalise against (newest last)
+        self._views_seen = 0
+        self._last_view = None
+        self._reloc_cursor = 0
+        self.relocalisations = 0
+        self.recent_inlier_ratio: Optional[float] = None  # running mean of tracked frames
 
     @property
     def lost(self) -> bool:
@@ -82,9 +97,27 @@ class PosePolicy:
                 self.last_T if self.last_T is not None else np.eye(4))
             return self._accept(PoseResult(frame.index, frame.timestamp, T0, "initial", True,
                                            T_correction=np.eye(4) if T_external is not None else None))
+        self._remember(model)
         T_init = self._initial_guess(T_external, model)
         t0 = time.perf_counter()
-        tr = self.tracker.track(frame, model, T_init)
+        prior = self.tracking_config.refine_prior_weight if T_external is not None else 0.0
+        tr = self.tracker.track(frame, model, T_init, prior_weight=prior)
+        floor = self._inlier_floor()
+        if tr.ok and tr.inlier_ratio < floor:  # a sudden drop: a jump that ICP cannot explain
+            tr.ok, tr.reason, tr.T_world_cam = False, "inlier_drop", T_init.copy()
+        if tr.ok:
+            r = self.recent_inlier_ratio
+            self.recent_inlier_ratio = tr.inlier_ratio if r is None else 0.8 * r + 0.2 * tr.inlier_ratio
+        if not tr.ok and T_external is None:
+            reloc = self._relocalise(frame)
+            if reloc is not None:
+                self.track_time_s = time.perf_counter() - t0
+                self.consecutive_failures = 0
+                self.relocalisations += 1
+                log.info("relocalised frame %d against a keyframe", frame.index)
+                self.prev_T = None  # the motion model restarts here
+                return self._accept(PoseResult(frame.index, frame.timestamp, reloc.T_world_cam,
+                                               "relocalised", True, info=reloc.info()))
         self.track_time_s = time.perf_counter() - t0
         if tr.ok:
             self.consecutive_failures = 0
@@ -103,6 +136,43 @@ class PosePolicy:
             self.last_T if self.last_T is not None else T_init)
         return PoseResult(frame.index, frame.timestamp, fallback, "lost" if self.lost else "failed",
                           False, info=tr.info())
+
+    def _remember(self, view) -> None:
+        """Keep every ``relocalisation_keyframe_every``-th new model view as a keyframe."""
+        if view is self._last_view:
+            return
+        self._last_view = view
+        self._views_seen += 1
+        cfg = self.tracking_config
+        if cfg.relocalisation_keyframes <= 0 or \
+                (self._views_seen - 1) % cfg.relocalisation_keyframe_every != 0:
+            return
+        self.keyframes.append(view)
+        del self.keyframes[:-cfg.relocalisation_keyframes]
+
+    def _inlier_floor(self) -> float:
+        r = self.recent_inlier_ratio
+        return 0.0 if r is None else self.tracking_config.tracking_min_inlier_ratio_vs_recent * r
+
+    def _relocalise(self, frame: RGBDFrame):
+        """The first keyframe candidate that passes the strict test, or None."""
+        cfg = self.tracking_config
+        n = len(self.keyframes)
+        if n == 0 or cfg.relocalisation_candidates <= 0:
+            return None
+        order = [n - 1] + [(n - 2 - (self._reloc_cursor + k) % max(n - 1, 1)) for k in range(n - 1)]
+        order = list(dict.fromkeys(order))[: cfg.relocalisation_candidates]
+        self._reloc_cursor += max(len(order) - 1, 0)
+        best = None
+        for i in order:
+            view = self.keyframes[i]
+            tr = self.tracker.track(frame, view, view.T_world_ref)
+            if tr.ok and tr.inlier_ratio >= max(cfg.relocalisation_min_inlier_ratio,
+                                                self._inlier_floor()) and \
+                    tr.residual <= cfg.relocalisation_max_rms_m and \
+                    (best is None or tr.residual < best.residual):
+                best = tr
+        return best
 
     def _initial_guess(self, T_external: Optional[np.ndarray], model) -> np.ndarray:
         if T_external is not None:

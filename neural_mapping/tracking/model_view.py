@@ -41,6 +41,19 @@ class ModelView:
         self.intrinsics = intrinsics
         self.T_world_ref = np.asarray(T_world_ref, dtype=np.float64)
         self.num_valid = int(valid.sum())
+        self.intensity = None  # (h, w) gray in [0, 1] of the rendered color (set_intensity)
+
+    def set_intensity(self, gray_image: torch.Tensor) -> "ModelView":
+        """Attach the gray image of the view (photometric alignment): intensity, its gradients,
+        where they are usable, and the depth map for the occlusion check."""
+        from neural_mapping.tracking.photometric import model_gradients
+        h, w = self.intrinsics.height, self.intrinsics.width
+        valid = self.valid.reshape(h, w)
+        I = gray_image.to(self.table.device, torch.float32).reshape(h, w)
+        self.grad_x, self.grad_y, self.intensity_ok = model_gradients(I, valid)
+        self.intensity = I
+        self.depth_map = torch.where(valid, self.table[2].reshape(h, w), torch.zeros_like(I))
+        return self
 
     @property
     def points(self) -> torch.Tensor:
@@ -63,7 +76,11 @@ class ModelView:
         V = to_tensor(result.valid, dev, torch.bool) & torch.isfinite(P).all(-1)
         P = torch.where(V[..., None], P, torch.zeros_like(P)) @ R.T + t
         N = torch.where(V[..., None], N, torch.zeros_like(N)) @ R.T
-        return cls(P, N, V, result.intrinsics, result.T_world_cam)
+        view = cls(P, N, V, result.intrinsics, result.T_world_cam)
+        C = result.color
+        if C is not None and C.numel() == V.numel() * 3 and bool((C > 0).any()):
+            view.set_intensity(to_tensor(C, dev).mean(-1) / 255.0)
+        return view
 
     @classmethod
     def from_depth(cls, depth, intrinsics: CameraIntrinsics, T_world_ref, device="cpu",

@@ -14,14 +14,19 @@ Pipeline of :meth:`Tracker.track`
        association), pairs are kept when their distance is below the level's
        ``tracking_max_dist_*_m`` and their normals agree within ``tracking_max_angle_deg``,
        the residuals ``r = n_model . (T p - v_model)`` get robust (Huber) weights, the 6x6
-       normal equations are built with one float64 matrix product and solved in float64,
-       and the pose is updated on the left, ``T <- exp(xi) T``.  A level stops when the
+       normal equations are built with one float64 matrix product and solved in float64 in
+       their well-constrained eigen-directions only (weak ones, below
+       ``tracking_degenerate_ratio`` of the largest eigenvalue, keep the initial guess, i.e.
+       the motion prior; with ``prior_weight`` the initial guess is a prior in the cost
+       instead), and the pose is updated on the left, ``T <- exp(xi) T``.  Weak directions
+       left after the finest level are then aligned by intensity against the model view's
+       rendered color (:mod:`neural_mapping.tracking.photometric`).  A level stops when the
        update is below ``tracking_eps_trans_m`` / ``tracking_eps_rot_rad``.
     4. Failure detection -> ``TrackResult(ok=False, reason=...)`` and the estimate is
        discarded (the caller keeps its pose and must not integrate the frame):
        ``no_model`` (no view, or too few valid model pixels), ``no_depth`` (too few valid
-       frame pixels), ``few_inliers``, ``large_residual``, ``degenerate`` (ill-conditioned
-       system: e.g. a flat wall leaves three directions unconstrained), ``large_motion``
+       frame pixels), ``few_inliers``, ``large_residual``, ``degenerate`` (more than
+       ``tracking_max_weak_directions`` weak directions), ``large_motion``
        (jump from ``T_init`` beyond ``tracking_max_motion_*``), ``numerical``.
 
 The tracker is stateless: the initial guess (constant velocity, or the external pose for
@@ -61,6 +66,8 @@ class TrackResult:
     valid_points: int = 0
     inlier_ratio: float = 0.0
     condition: float = float("nan")  # smallest / largest eigenvalue (normalised system)
+    weak_directions: int = 0  # directions kept at the initial guess (weak eigenvalues)
+    photometric_pairs: int = 0  # pairs of the photometric alignment in the weak directions
     time_s: float = 0.0
     levels: list = field(default_factory=list)
 
@@ -68,6 +75,8 @@ class TrackResult:
         return {"reason": self.reason, "inliers": self.inliers, "residual_m": self.residual,
                 "iterations": self.iterations, "valid_points": self.valid_points,
                 "inlier_ratio": self.inlier_ratio, "condition": self.condition,
+                "weak_directions": self.weak_directions,
+                "photometric_pairs": self.photometric_pairs,
                 "track_ms": self.time_s * 1e3}
 
 
@@ -125,18 +134,24 @@ class Tracker:
             if d.shape[0] >= K.height * f and d.shape[1] >= K.width * f:
                 d = d[: K.height * f, : K.width * f]
                 depth_range = depth_range_from_depth(d, K, margin * backend.truncation_m)
-        rc = backend.render(K, T_world_cam, depth_range=depth_range, color=False, fast=True)
+        rc = backend.render(K, T_world_cam, depth_range=depth_range,
+                            color=self.config.tracking_photometric, fast=True)
         return ModelView.from_raycast(rc, self.device)
 
     # ------------------------------------------------------------ track
-    def track(self, frame: RGBDFrame, view: Optional[ModelView], T_init) -> TrackResult:
+    def track(self, frame: RGBDFrame, view: Optional[ModelView], T_init,
+              prior_weight: float = 0.0) -> TrackResult:
         """Align ``frame`` to ``view`` starting from ``T_init`` (4x4 camera-to-world);
         ``view=None`` (empty map) fails with ``no_model``."""
-        return self.track_depth(frame.depth, frame.intrinsics, view, T_init)
+        return self.track_depth(frame.depth, frame.intrinsics, view, T_init, frame.color,
+                                prior_weight)
 
     def track_depth(self, depth, intrinsics: CameraIntrinsics, view: Optional[ModelView],
-                    T_init) -> TrackResult:
-        """:meth:`track` with a depth image (metres) and its intrinsics."""
+                    T_init, color=None, prior_weight: float = 0.0) -> TrackResult:
+        """:meth:`track` with a depth image (metres), its intrinsics and optionally the
+        registered color image (used in weak directions, see :mod:`.photometric`).
+        ``prior_weight`` > 0: ``T_init`` is also a prior (odometry), added to the normal
+        equations with this fraction of their mean (depth-normalised) diagonal per direction."""
         t0 = time.perf_counter()
         if view is not None and not isinstance(view, ModelView):
             raise TypeError(f"view must be a ModelView (Tracker.predict), got {type(view).__name__}")
@@ -144,7 +159,7 @@ class Tracker:
         if T_init.shape != (4, 4):
             raise ValueError(f"T_init must be 4x4, got shape {T_init.shape}")
         try:
-            result = self._track(depth, intrinsics, view, T_init)
+            result = self._track(depth, intrinsics, view, T_init, color, prior_weight)
         except torch.linalg.LinAlgError:
             result = TrackResult(T_init.copy(), False, "numerical")
         result.time_s = time.perf_counter() - t0
@@ -156,7 +171,8 @@ class Tracker:
         return build_pyramid(d, intrinsics, self.config.tracking_width_px,
                              [it > 0 for it, _ in self.levels], self.config.tracking_point_stride)
 
-    def _track(self, depth, intrinsics, view: Optional[ModelView], T_init) -> TrackResult:
+    def _track(self, depth, intrinsics, view: Optional[ModelView], T_init, color=None,
+               prior_weight: float = 0.0) -> TrackResult:
         cfg = self.config
         if view is None or view.num_valid < cfg.tracking_min_valid_points:
             return TrackResult(T_init.copy(), False, "no_model")
@@ -165,6 +181,7 @@ class Tracker:
         if L.n < cfg.tracking_min_valid_points:
             return TrackResult(T_init.copy(), False, "no_depth", valid_points=n_valid)
         T = inv_pose(view.T_world_ref) @ T_init  # T_ref_cam (float64)
+        T_prior = T.copy()
         total_it = 0
         stats = None
         levels_info: List[tuple] = []
@@ -177,7 +194,10 @@ class Tracker:
                 H, b, n_in, rss = stats
                 if not torch.isfinite(H).all() or not torch.isfinite(b).all():
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
-                xi = self._solve(H, b)
+                if prior_weight > 0:
+                    xi = self._solve_with_prior(H, b, L, prior_weight, T @ inv_pose(T_prior))
+                else:
+                    xi, weak = self._solve(H, b, L, cfg.tracking_degenerate_ratio)
                 if xi is None:
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
                 T = se3_exp(xi) @ T
@@ -192,11 +212,19 @@ class Tracker:
             return TrackResult(T_init.copy(), False, "few_inliers", iterations=total_it,
                                valid_points=n_valid)
         H, b, n_in, rss = stats
+        lever = _lever_m(L)
+        ev, V, weak = weak_directions(H.cpu().numpy(), lever, cfg.tracking_degenerate_ratio)
+        photo_pairs = 0
+        if weak.any() and not weak.all() and cfg.tracking_photometric and color is not None \
+                and view.intensity is not None:
+            T, photo_pairs = self._photometric(L, T, view, color, intrinsics,
+                                               _scales(lever)[:, None] * V[:, weak])
         T_world_cam = orthonormalize(view.T_world_ref @ T)
         rms = math.sqrt(rss / max(n_in, 1))
         res = TrackResult(T_world_cam, True, "ok", inliers=n_in, residual=rms, iterations=total_it,
                           valid_points=n_valid, inlier_ratio=n_in / max(L.n, 1),
-                          condition=self._condition(H, L), levels=levels_info)
+                          condition=_condition(ev), levels=levels_info,
+                          weak_directions=int(weak.sum()), photometric_pairs=photo_pairs)
         res.reason = self._failure(res, L.n, T_init)
         if res.reason != "ok":
             res.ok = False
@@ -211,7 +239,7 @@ class Tracker:
             return "numerical"
         if res.inliers < max(cfg.tracking_min_inliers, cfg.tracking_min_inlier_ratio * n_pts):
             return "few_inliers"
-        if res.condition < cfg.tracking_degenerate_ratio:
+        if res.weak_directions > cfg.tracking_max_weak_directions:
             return "degenerate"
         if res.residual > cfg.tracking_max_rms_m:
             return "large_residual"
@@ -235,27 +263,92 @@ class Tracker:
             return None
         return M[:6, :6], M[:6, 6], n_in, float(M[6, 6])
 
+    def _photometric(self, L: Level, T: np.ndarray, view: ModelView, color, intrinsics,
+                     basis: np.ndarray):
+        """Align the weak directions ``basis`` (6, k) by intensity (:mod:`.photometric`): the
+        frame's gray image, smoothed over a pyramid block, sampled at every
+        ``tracking_photometric_point_stride``-th point of level ``L`` (the finest)."""
+        from neural_mapping.tracking.photometric import align_weak_directions, gray
+        cfg = self.config
+        g = gray(color).to(self.device)
+        if tuple(g.shape) != (intrinsics.height, intrinsics.width):
+            return T, 0
+        f = max(1, intrinsics.width // cfg.tracking_width_px)
+        g = torch.nn.functional.avg_pool2d(g[None, None], 2 * f + 1, 1, f,
+                                           count_include_pad=False)[0, 0]
+        P = L.P[:, :L.n:cfg.tracking_photometric_point_stride]
+        z = P[2].clamp(min=1e-3)
+        u = torch.round(P[0] / z * intrinsics.fx + intrinsics.cx).long().clamp(0, intrinsics.width - 1)
+        v = torch.round(P[1] / z * intrinsics.fy + intrinsics.cy).long().clamp(0, intrinsics.height - 1)
+        If = g[v, u]
+        return align_weak_directions(P, If, T, view, basis, cfg.tracking_photometric_iterations,
+                                     cfg.tracking_max_dist_fine_m, cfg.tracking_photometric_huber,
+                                     0.002, cfg.tracking_min_inliers)
+
     @staticmethod
-    def _solve(H: torch.Tensor, b: torch.Tensor) -> Optional[np.ndarray]:
-        Hn = H.cpu().numpy()
-        bn = b.cpu().numpy()
-        # tiny Levenberg damping keeps a (nearly) singular system finite; degeneracy itself is
-        # detected on the final system.
-        Hn = Hn + np.eye(6) * (1e-9 * np.trace(Hn) + 1e-12)
+    def _solve_with_prior(H: torch.Tensor, b: torch.Tensor, L: Level, weight: float,
+                          T_from_prior: np.ndarray) -> Optional[np.ndarray]:
+        """Gauss-Newton update with a prior at ``T_init``: ``(H + W) xi = -(b + W d)``, ``d``
+        the current offset from the prior (se3 log), ``W`` ``weight`` times the mean diagonal
+        of the depth-normalised system (isotropic there)."""
+        from neural_mapping.geometry import se3_log
+        s = _scales(_lever_m(L))
+        Hs = H.cpu().numpy() * s[:, None] * s[None, :]
+        w = weight * float(np.trace(Hs)) / 6.0
+        d = se3_log(T_from_prior) / s
         try:
-            xi = -np.linalg.solve(Hn, bn)
+            y = -np.linalg.solve(Hs + np.eye(6) * w, s * b.cpu().numpy() + w * d)
         except np.linalg.LinAlgError:
             return None
+        xi = s * y
         return xi if np.all(np.isfinite(xi)) else None
 
     @staticmethod
-    def _condition(H: torch.Tensor, L: Level) -> float:
-        """Smallest / largest eigenvalue of ``S H S`` with the rotation block scaled by the mean
-        depth (so translations in m and rotations times a lever arm are comparable)."""
-        Hn = H.cpu().numpy()
-        zm = float(L.P[2, :L.n].mean()) if L.n else 1.0
-        s = np.array([1, 1, 1, 1 / zm, 1 / zm, 1 / zm])
-        ev = np.linalg.eigvalsh(Hn * s[:, None] * s[None, :])
-        if not np.all(np.isfinite(ev)) or ev[-1] <= 0:
-            return 0.0
-        return float(max(ev[0], 0.0) / ev[-1])
+    def _solve(H: torch.Tensor, b: torch.Tensor, L: Level, ratio: float):
+        """The Gauss-Newton update restricted to the well-constrained directions of ``H``
+        (:func:`weak_directions`): along the weak ones the update is zero, so the estimate
+        keeps the initial guess (the motion prior) there instead of sliding.
+        Returns ``(xi, number of weak directions)``, ``(None, 6)`` when not finite."""
+        lever = _lever_m(L)
+        ev, V, weak = weak_directions(H.cpu().numpy(), lever, ratio)
+        if weak.all():
+            return None, 6
+        s = _scales(lever)
+        bn = b.cpu().numpy()
+        strong = ~weak
+        Vs = V[:, strong]
+        xi = -s * (Vs @ ((Vs.T @ (s * bn)) / ev[strong]))
+        return (xi if np.all(np.isfinite(xi)) else None), int(weak.sum())
+
+
+def _lever_m(L: Level) -> float:
+    """Mean depth of a level's points: the lever arm that makes rotations comparable to
+    translations in the normal equations."""
+    return float(L.P[2, :L.n].mean()) if L.n else 1.0
+
+
+def _scales(lever_m: float) -> np.ndarray:
+    return np.array([1, 1, 1, 1 / lever_m, 1 / lever_m, 1 / lever_m])
+
+
+def weak_directions(H: np.ndarray, lever_m: float, ratio: float):
+    """Eigen-analysis of the 6x6 normal equations ``H`` (``xi = [translation, rotation]``) with
+    the rotation block scaled by ``lever_m`` (so metres and radians times a lever arm compare):
+    ``(eigenvalues ascending, eigenvectors as columns, weak mask)``; a direction is weak when
+    its eigenvalue is below ``ratio`` times the largest.  The eigenvectors are in the scaled
+    coordinates (multiply the rotation part by ``1 / lever_m`` for radians)."""
+    s = _scales(lever_m)
+    Hs = np.asarray(H, np.float64) * s[:, None] * s[None, :]
+    if not np.all(np.isfinite(Hs)):
+        return np.full(6, np.nan), np.eye(6), np.ones(6, bool)
+    ev, V = np.linalg.eigh(Hs)
+    if ev[-1] <= 0:
+        return ev, V, np.ones(6, bool)
+    return ev, V, ev < max(ratio, 1e-12) * ev[-1]
+
+
+def _condition(ev: np.ndarray) -> float:
+    """Smallest / largest eigenvalue of the scaled system."""
+    if not np.all(np.isfinite(ev)) or ev[-1] <= 0:
+        return 0.0
+    return float(max(ev[0], 0.0) / ev[-1])

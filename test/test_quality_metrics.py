@@ -8,7 +8,7 @@ import pytest
 from neural_mapping.datasets import sensor_models as sm
 from neural_mapping.datasets.synthetic_objects import ProceduralObject
 from neural_mapping.datasets.synthetic_rooms import ProceduralRoom
-from neural_mapping.io.map_metrics import mesh_metrics, visible_samples, voxel_metrics
+from neural_mapping.io.map_metrics import depth_metrics, mesh_metrics, visible_samples, voxel_metrics
 
 
 def _square(z, size=1.0):
@@ -65,6 +65,30 @@ def test_voxel_metrics_hand_case():
     # an unobserved voxel in the gt band counts as free (+t)
     m = voxel_metrics(np.array([0.0]), np.array([False]), np.array([-0.1]), t)
     assert m["mad"] == pytest.approx(0.35) and m["iou"] == 0.0
+
+
+def test_depth_metrics_hand_case():
+    gt = [np.array([[1.0, 2.0], [0.0, np.nan]]), np.array([[1.0, 1.0], [1.0, 1.0]])]
+    rd = [np.array([[1.01, 0.0], [3.0, 1.0]]), np.array([[1.0, 1.1], [1.03, 0.0]])]
+    m = depth_metrics(rd, gt)
+    # valid ground truth: 2 + 4 = 6 pixels; hits 1 + 3 = 4 with errors 0.01, 0, 0.1, 0.03 m
+    assert m["depth_hit_ratio"] == pytest.approx(4 / 6)
+    assert m["depth_l1_cm"] == pytest.approx(100 * 0.14 / 4)
+    assert m["depth_median_cm"] == pytest.approx(2.0)
+    assert m["depth_within_5cm"] == pytest.approx(3 / 6)
+    with pytest.raises(ValueError):
+        depth_metrics([np.zeros((2, 3))], [np.zeros((2, 2))])
+
+
+def test_heldout_poses_are_not_fused_views():
+    for traj in ("handheld", "robot"):
+        ds = ProceduralRoom(seed=2, num_frames=12, trajectory=traj)
+        held, fused = ds.heldout_poses(every=4), ds.gt_poses()
+        assert held.shape == (3, 4, 4)
+        gaps = [min(np.linalg.norm(h[:3, 3] - f[:3, 3]) for f in fused) for h in held]
+        assert min(gaps) > 0.05, gaps  # between two frames, on the same orbit
+        if traj == "robot":
+            assert np.allclose(held[:, 2, 3], 0.6)
 
 
 def test_sensor_noise_statistics():

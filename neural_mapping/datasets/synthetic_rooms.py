@@ -25,7 +25,8 @@ flying pixels, missing returns) or ``"gaussian"`` (RoutedFusion's ``d + N sigma 
 ``sigma``); then optional ``blob_fraction`` / ``pixel_fraction`` outliers
 (:mod:`~neural_mapping.datasets.sensor_models`).  Noise is seeded per frame from
 ``(seed, frame number)``: the same frame is the same image every time.
-:meth:`clean_depth` renders a frame without any sensor model.
+:meth:`clean_depth` renders a frame without any sensor model; :meth:`heldout_poses` gives views
+between the frames (not fused) for the held-out rendered-depth metric.
 """
 
 from __future__ import annotations
@@ -197,6 +198,14 @@ class ProceduralRoom(SyntheticRoom):
                 target = np.array([*tgt, 0.55 + 0.12 * math.sin(2 * th + 0.5)])
                 poses[k] = _look_at(eye, target, roll_rad=math.radians(3.0) * math.sin(th))
         return poses
+
+    def heldout_poses(self, every: int = 4) -> np.ndarray:
+        """Camera-to-world poses ``[K, 4, 4]`` on the same trajectory but not among its frames:
+        halfway between consecutive frames, every ``every``-th of them (held-out views for the
+        rendered-depth metric; render their exact depth with :meth:`render`)."""
+        n = self.num_recorded
+        mid = self._trajectory(2 * n, clearance_m=0.4 if self.trajectory_kind == "robot" else 0.0)[1::2]
+        return mid[::max(int(every), 1)].copy()
 
     def _clearance(self, p: np.ndarray) -> float:
         o3d = self._o3d

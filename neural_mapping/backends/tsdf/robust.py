@@ -26,7 +26,6 @@ measures both).
 
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import numpy as np
@@ -34,65 +33,64 @@ import torch
 from scipy import ndimage
 
 from neural_mapping.grid.voxel_grid import VoxelBlockGrid
+from neural_mapping.kernels import script
 from neural_mapping.types import CameraIntrinsics
 
 __all__ = ["filter_depth", "carve_slots"]
 
-_SHIFTS = ((0, 1), (2, 1), (1, 0), (1, 2))  # (dy, dx) into a 1-padded image: up, down, left, right
-
-
 def filter_depth(depth: np.ndarray, *, jump_ratio: float, min_segment_px: int, depth_min_m: float,
                  depth_max_m: float) -> Tuple[np.ndarray, int]:
     """``(filtered depth float32, dropped pixel count)``; dropped pixels are 0 (module docstring).
-    Runs on the CPU in numpy (a few passes over the image and one ``ndimage.label``)."""
+    Runs on the CPU in numpy: a few passes over the image, one ``ndimage.label``; the re-attach
+    test touches only the (few) edge pixels."""
     d = np.asarray(depth, dtype=np.float32)
     with np.errstate(invalid="ignore"):
         valid = (d >= max(depth_min_m, 1e-6)) & (d <= depth_max_m)  # NaN fails both
-    d0 = np.where(valid, d, np.float32(0))
     H, W = d.shape
-    pad = np.pad(d0, 1)
+    Wp = W + 2
+    pad = np.zeros((H + 2, Wp), np.float32)  # invalid = 0, one pixel all around
+    d0 = pad[1:-1, 1:-1]
+    np.copyto(d0, d, where=valid)
     tol = d0 * np.float32(jump_ratio)
-    nbs = [pad[dy:dy + H, dx:dx + W] for dy, dx in _SHIFTS]
-    edge = np.zeros((H, W), dtype=bool)
-    for nb in nbs:
-        edge |= (nb > 0) & (d0 - nb > tol)
+    # far-side edge: the nearest valid 4-neighbour (invalid = +inf) is nearer by more than tol
+    padi = np.where(pad > 0, pad, np.float32(np.inf))
+    near = np.minimum(np.minimum(padi[:-2, 1:-1], padi[2:, 1:-1]), np.minimum(padi[1:-1, :-2], padi[1:-1, 2:]))
+    edge = (d0 - near) > tol
     core = valid & ~edge
     labels, n = ndimage.label(core)
+    nvalid = int(np.count_nonzero(valid))
     if n == 0:
-        return np.zeros_like(d0), int(valid.sum())
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    big = sizes >= int(min_segment_px)
+        return np.zeros((H, W), np.float32), nvalid
+    big = np.bincount(labels.ravel(), minlength=n + 1) >= int(min_segment_px)
     big[0] = False
-    keep = big[labels]
-    kpad = np.pad(keep, 1)
-    attach = np.zeros((H, W), dtype=bool)
-    for (dy, dx), nb in zip(_SHIFTS, nbs):
-        attach |= kpad[dy:dy + H, dx:dx + W] & (np.abs(nb - d0) <= tol)
-    keep |= edge & valid & attach
-    return np.where(keep, d0, np.float32(0)), int(valid.sum()) - int(keep.sum())
+    kpad = np.zeros((H + 2, Wp), bool)
+    keep = kpad[1:-1, 1:-1]
+    np.take(big, labels, out=keep)
+    # an edge pixel stays when a 4-neighbour within tol of it belongs to a kept segment
+    kf, df = kpad.ravel(), pad.ravel()
+    idx = np.flatnonzero((edge & valid).ravel())
+    if idx.size:
+        ey, ex = np.divmod(idx, W)
+        p = (ey + 1) * Wp + (ex + 1)  # index into the padded image
+        de, te = df[p], tol.ravel()[idx]
+        att = np.zeros(p.size, bool)
+        for o in (-Wp, Wp, -1, 1):
+            att |= kf[p + o] & (np.abs(df[p + o] - de) <= te)
+        kf[p[att]] = True
+    return d0 * keep, nvalid - int(np.count_nonzero(keep))
 
 
-def carve_slots(grid: VoxelBlockGrid, depth: torch.Tensor, intr: CameraIntrinsics, T_world_cam: torch.Tensor,
-                *, truncation_m: float, depth_min_m: float, depth_max_m: float, stride: int,
-                below_weight: float = 0.0) -> torch.Tensor:
-    """Slots (int64, unique) of allocated blocks crossed by the free part of the rays of every
-    ``stride``-th pixel: from ``depth_min_m`` to ``depth - truncation_m``; with ``below_weight
-    > 0`` only blocks whose largest voxel weight is below it."""
-    from neural_mapping.backends.tsdf.integrate import pixel_rays, valid_depth  # (imports us)
-    device = grid.device
-    rays, pix = pixel_rays(intr, stride, device)
-    d = depth.reshape(-1).index_select(0, pix)
-    keep = (valid_depth(d, depth_min_m, depth_max_m) & (d - truncation_m > depth_min_m)).nonzero().squeeze(1)
-    if keep.numel() == 0 or grid.num_blocks == 0:
-        return torch.empty(0, dtype=torch.int64, device=device)
+def _carve_cells(d: torch.Tensor, rays: torch.Tensor, T: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                 depth_min_m: float, depth_max_m: float, truncation_m: float,
+                 block_m: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Block coordinates (three int32 ``[n, ns]``, possibly empty) of samples at most half a
+    block apart on the free segment ``[depth_min, d - trunc]`` of each ray, clipped to the box
+    ``[lo, hi]`` (metres).  ``d``: depth of the strided pixels, ``rays``: their camera rays
+    ``[3, n]`` (z = 1).  One scripted pass: the cost is a few dozen small tensor ops."""
+    keep = ((d > 0) & (d >= depth_min_m) & (d <= depth_max_m)
+            & (d - truncation_m > depth_min_m)).nonzero().squeeze(1)
     d = d.index_select(0, keep)
-    T = T_world_cam.to(device=device, dtype=torch.float32)
     dirs = T[:3, :3] @ rays.index_select(1, keep)  # [3, n] world, per unit camera z
-    # clip each ray's free segment [depth_min, d - trunc] to the box of the allocated blocks
-    bs = grid.block_size_m
-    ac = grid.active_coords()
-    lo = ac.min(dim=0).values.to(torch.float32) * bs
-    hi = (ac.max(dim=0).values.to(torch.float32) + 1) * bs
     z0 = torch.full_like(d, depth_min_m)
     z1 = d - truncation_m
     for a in range(3):
@@ -102,17 +100,48 @@ def carve_slots(grid: VoxelBlockGrid, depth: torch.Tensor, intr: CameraIntrinsic
         z1 = torch.minimum(z1, torch.maximum(ta, tb))
     ok = (z1 > z0).nonzero().squeeze(1)
     if ok.numel() == 0:
-        return torch.empty(0, dtype=torch.int64, device=device)
+        e = torch.empty([0, 0], dtype=torch.int32, device=d.device)
+        return e, e, e
     z0, z1, dirs = z0.index_select(0, ok), z1.index_select(0, ok), dirs.index_select(1, ok)
-    ns = int(math.ceil(float((z1 - z0).max()) / (0.5 * bs))) + 1  # samples <= half a block apart
-    frac = torch.linspace(0.0, 1.0, ns, device=device)
+    ns = int(torch.ceil((z1 - z0).max() / (0.5 * block_m)).item()) + 1
+    frac = torch.linspace(0.0, 1.0, ns, device=d.device)
     z = z0[:, None] + (z1 - z0)[:, None] * frac[None, :]  # [n, ns]
-    inv_b = 1.0 / bs
-    b = [torch.floor((T[a, 3] + z * dirs[a][:, None]) * inv_b).to(torch.int32) for a in range(3)]
-    slots = grid.lookup_xyz(b[0], b[1], b[2]).reshape(-1)
+    inv_b = 1.0 / block_m
+    bx = torch.floor((T[0, 3] + z * dirs[0][:, None]) * inv_b).to(torch.int32)
+    by = torch.floor((T[1, 3] + z * dirs[1][:, None]) * inv_b).to(torch.int32)
+    bz = torch.floor((T[2, 3] + z * dirs[2][:, None]) * inv_b).to(torch.int32)
+    return bx, by, bz
+
+
+_carve_cells = script(_carve_cells)
+
+
+def carve_slots(grid: VoxelBlockGrid, depth: torch.Tensor, intr: CameraIntrinsics, T_world_cam: torch.Tensor,
+                *, truncation_m: float, depth_min_m: float, depth_max_m: float, stride: int,
+                below_weight: float = 0.0) -> torch.Tensor:
+    """Slots (int64, unique) of allocated blocks crossed by the free part of the rays of every
+    ``stride``-th pixel: from ``depth_min_m`` to ``depth - truncation_m``; with ``below_weight
+    > 0`` only blocks whose largest voxel weight is below it."""
+    from neural_mapping.backends.tsdf.integrate import pixel_rays  # (imports us)
+    device = grid.device
+    none = torch.empty(0, dtype=torch.int64, device=device)
+    if grid.num_blocks == 0:
+        return none
+    rays, pix = pixel_rays(intr, stride, device)
+    d = depth.reshape(-1).index_select(0, pix)
+    T = T_world_cam.to(device=device, dtype=torch.float32)
+    bs = grid.block_size_m
+    ac = grid.active_coords()  # the free segments are clipped to the box of the allocated blocks
+    lo = ac.amin(dim=0).to(torch.float32) * bs
+    hi = (ac.amax(dim=0).to(torch.float32) + 1) * bs
+    bx, by, bz = _carve_cells(d, rays, T, lo, hi, float(depth_min_m), float(depth_max_m), float(truncation_m),
+                              float(bs))
+    if bx.numel() == 0:
+        return none
+    slots = grid.lookup_xyz(bx, by, bz).reshape(-1)
     slots = slots[slots >= 0]
     if slots.numel() == 0:
-        return torch.empty(0, dtype=torch.int64, device=device)
+        return none
     slots = torch.unique(slots).to(torch.int64)
     if below_weight > 0:  # only blocks no voxel of which was observed that often
         nv = grid.block_size ** 3

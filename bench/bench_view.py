@@ -113,7 +113,7 @@ def mode_node(args) -> dict:
     for rep in range(args.reps):
         for port in (0, args.port):
             ns = argparse.Namespace(duration=args.duration, rate=args.rate, voxel=args.voxel,
-                                    device="cpu", input_qos="reliable", fastdds_xml=None,
+                                    device="cpu", input_qos="reliable", fastdds_xml=args.fastdds_xml or None,
                                     node_params={"web_view_port": port})
             r = bench_ros.run_node(msgs, intr, ns, "external")
             r = {k: r.get(k) for k in ("frames_integrated", "frames_processed_per_s", "poses_per_s",
@@ -141,6 +141,9 @@ def main(argv=None) -> int:
     n.add_argument("--rate", type=float, default=15.0)
     n.add_argument("--voxel", type=float, default=0.02)
     n.add_argument("--reps", type=int, default=1)
+    n.add_argument("--fastdds-xml", default=str(REPO / "config" / "fastdds_shm.xml"),
+                   help="Fast DDS profile of both processes ('' = Fast DDS defaults, where raw "
+                        "640x480 images starve the poses on one machine)")
     for q in (c, n):
         q.add_argument("--port", type=int, default=9870, help="view port (uses it and the next two)")
         q.add_argument("--out", default=str(REPO / "bench" / "results" / "view.json"))

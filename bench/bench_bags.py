@@ -36,7 +36,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -202,7 +201,7 @@ def mode_offline(args) -> int:
 # ===================================================================== node mode
 def run_node(args, transport: str, frames) -> dict:
     import array
-    from bench_ros import Driver, wait_for, wall_stamp
+    from bench_ros import Driver, stop_node, wait_for, wall_stamp
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -276,12 +275,7 @@ def run_node(args, transport: str, frames) -> dict:
                 "drops": {k: g(d, k) - g(d0, k) for k in d if "dropped" in k and g(d, k) - g(d0, k)}}
     finally:
         drv.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_node(proc)
         log.close()
 
 

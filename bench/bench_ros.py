@@ -139,6 +139,17 @@ def wait_for(cond, timeout: float, what: str, proc=None) -> None:
 
 
 # ===================================================================== node mode
+def stop_node(proc) -> None:
+    """SIGINT a node process (a clean shutdown, as Ctrl-C), kill it after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
     import psutil
     from diagnostic_msgs.msg import DiagnosticArray
@@ -260,13 +271,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
         })
     finally:
         drv.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_node(proc)
         log.close()
         result["node_exit_code"] = proc.returncode
         if proc.returncode != 0:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data"))
@@ -32,3 +33,14 @@ def redkitchen() -> Path:
 @pytest.fixture(scope="session")
 def tum_xyz() -> Path:
     return _require("tum_fr1_xyz")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread, as the system runs it (two threads on the shared 2-core CI
+    machine measured several times slower). Use per module:
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

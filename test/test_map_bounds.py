@@ -13,12 +13,7 @@ from neural_mapping.products.meshing import extract_mesh
 from neural_mapping.system.step import Mapper
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _coord_attr(grid):

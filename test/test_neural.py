@@ -20,14 +20,7 @@ K_TINY = K_VGA.scaled(0.125)  # 80 x 60
 DEVICE = os.environ.get("NEURAL_MAPPING_TEST_DEVICE", "cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread, as the system runs it (two threads on the shared 2-core CI
-    machine measured several times slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pose(yaw_deg=0.0, t=(0.0, 0.0, 0.0)):

@@ -17,12 +17,7 @@ A_TEST = [-59, -47, -41]
 B_TRAIN = [38, 42, 46, 50, 54, 58, 62, 58, 54, 50, 46, 42]  # many keyframes of B only
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(mode: str, decoders: str, replay: float = 0.25):

@@ -24,6 +24,7 @@ CI machine, + about 2 000 compressed ones, well under a minute) multiplies every
 ``max_examples`` for a longer run.
 """
 
+import contextlib
 import math
 import os
 
@@ -46,16 +47,18 @@ def _settings(n):
                     suppress_health_check=list(HealthCheck), database=None)
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
+@contextlib.contextmanager
+def _fuzz_node(tmp_path_factory, name, **extra):
+    """A real MappingNode (own rclpy context, external poses, no timers) for one module;
+    ``extra`` parameters on top of the common ones; shut down on exit."""
     from rclpy.parameter import Parameter
     from neural_mapping.ros.node import MappingNode
-    out = tmp_path_factory.mktemp("fuzz")
+    out = tmp_path_factory.mktemp(name)
     ctx = rclpy.Context()
     rclpy.init(args=[], context=ctx, domain_id=int(np.random.default_rng().integers(100, 200)))
     params = {"output_dir": str(out), "voxel_size_m": 0.05, "pose_source": "external",
               "pose_wait_timeout_s": 0.01, "diagnostics_rate_hz": 0.0, "mesh_rate_hz": 0.0,
-              "depth_max_m": 3.0}
+              "depth_max_m": 3.0, **extra}
     n = MappingNode(context=ctx, enable_rosout=False, start_parameter_services=False,
                     parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     n.stamp = 1000.0
@@ -65,6 +68,12 @@ def node(tmp_path_factory):
         n.shutdown(timeout=10.0)
         n.destroy_node()
         rclpy.try_shutdown(context=ctx)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    with _fuzz_node(tmp_path_factory, "fuzz") as n:
+        yield n
 
 
 # ------------------------------------------------------------------ bookkeeping
@@ -91,16 +100,30 @@ def _deliver(n, callback, msg):
     assert after != before, f"message neither used nor counted: {msg}"
 
 
+def _send_pending_on(n, color) -> None:
+    """Before the good frames: a good camera_info, then ``color`` stamped newer than every
+    fuzzed depth/color still waiting for a partner, so those leave now (alone; their unordered
+    stamps may read as a clock jump, which clears newer poses) instead of pairing with, or
+    crowding out, a good frame. ``n.stamp`` then starts after anything the fuzz sent (or,
+    past the int32 range, at a backward clock jump): a good frame older than the last mapped
+    one would rightly be dropped as stale."""
+    n.inputs._on_camera_info(conv.camera_info_msg(INTR, "camera", n.stamp))
+    pending = [s for q in (n.inputs._depths, n.inputs._colors) for s, _ in q]
+    color.header.stamp = conv.sec_to_stamp(max(pending + [0.0]) + 1.0)
+    n.inputs._on_color(color)
+    assert n.system.flush(timeout=30)
+    last = max(v for v in (n.inputs.frame_clock.last, n.inputs.pose_clock.last, 0.0,
+                           *[s for s, _ in n.inputs._colors]) if v is not None)
+    n.stamp = last + 10.0 if last + 10.0 < 2.0e9 else 1000.0
+
+
 def _good_frames_still_mapped(n, k=3):
     """Good camera_info + k frames with poses: all integrated; nothing non-finite anywhere."""
     import torch
     from neural_mapping.products.occupancy import OccupancyMap2D
     from _synthetic_scene import render_depth
-    # stamps after anything the fuzz sent (or, past the int32 range, a backward clock jump):
-    # a good frame older than the last mapped one would rightly be dropped as stale
-    last = max(v for v in (n.inputs.frame_clock.last, n.inputs.pose_clock.last, 0.0) if v is not None)
-    n.stamp = last + 10.0 if last + 10.0 < 2.0e9 else 1000.0
-    n.inputs._on_camera_info(conv.camera_info_msg(INTR, "camera", n.stamp))
+    _send_pending_on(n, conv.image_msg(np.zeros((INTR.height, INTR.width, 3), np.uint8), "rgb8",
+                                       frame_id="camera"))
     done0 = n.system.frames_integrated
     for j in range(k):
         n.stamp += 0.05
@@ -296,26 +319,12 @@ def test_fuzz_then_good_frames_are_mapped(node):
 @pytest.fixture(scope="module")
 def cnode(tmp_path_factory):
     """A node subscribed to ``depth/image/compressedDepth`` and ``color/image/compressed``."""
-    from rclpy.parameter import Parameter
-    from neural_mapping.ros.node import MappingNode
     from neural_mapping.io import compressed
-    out = tmp_path_factory.mktemp("fuzz_compressed")
-    ctx = rclpy.Context()
-    rclpy.init(args=[], context=ctx, domain_id=int(np.random.default_rng().integers(100, 200)))
-    params = {"output_dir": str(out), "voxel_size_m": 0.05, "pose_source": "external",
-              "pose_wait_timeout_s": 0.01, "diagnostics_rate_hz": 0.0, "mesh_rate_hz": 0.0,
-              "depth_max_m": 3.0, "depth_transport": "compressedDepth", "color_transport": "compressed"}
-    n = MappingNode(context=ctx, enable_rosout=False, start_parameter_services=False,
-                    parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-    assert n.inputs._depth_decode is compressed.depth_from_compressed
-    assert n.inputs._color_decode is compressed.color_from_compressed
-    n.stamp = 1000.0
-    try:
+    with _fuzz_node(tmp_path_factory, "fuzz_compressed", depth_transport="compressedDepth",
+                    color_transport="compressed") as n:
+        assert n.inputs._depth_decode is compressed.depth_from_compressed
+        assert n.inputs._color_decode is compressed.color_from_compressed
         yield n
-    finally:
-        n.shutdown(timeout=10.0)
-        n.destroy_node()
-        rclpy.try_shutdown(context=ctx)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -440,19 +449,9 @@ def _good_compressed_frames_still_mapped(n, k=3):
     from neural_mapping.io import compressed
     from _synthetic_scene import render_depth
     from sensor_msgs.msg import CompressedImage
-    # no good camera_info came during the fuzz: decoded depths of the camera's size wait for
-    # one and for a color partner; a color newer than all of them sends them on alone (their
-    # unordered stamps may read as a clock jump, which clears newer poses), then good frames
-    n.inputs._on_camera_info(conv.camera_info_msg(INTR, "camera", n.stamp))
-    pending = [s for q in (n.inputs._depths, n.inputs._colors) for s, _ in q]
     cm = CompressedImage()
     cm.format, cm.data = compressed.compress_color(np.zeros((INTR.height, INTR.width, 3), np.uint8), "png")
-    cm.header.stamp = conv.sec_to_stamp(max(pending + [0.0]) + 1.0)
-    n.inputs._on_color(cm)
-    assert n.system.flush(timeout=30)
-    last = max(v for v in (n.inputs.frame_clock.last, n.inputs.pose_clock.last, 0.0,
-                           *[s for s, _ in n.inputs._colors]) if v is not None)
-    n.stamp = last + 10.0 if last + 10.0 < 2.0e9 else 1000.0
+    _send_pending_on(n, cm)
     done0 = n.system.frames_integrated
     for j in range(k):
         n.stamp += 0.05

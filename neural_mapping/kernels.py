@@ -230,14 +230,39 @@ def march_dense(index: Tensor, origin: List[int], shape: List[int], block: int, 
 
 
 # ------------------------------------------------------------------ ICP
+def noise_scale(q: Tensor, nm: Tensor, z: Tensor, fx_sensor: float, model: int) -> Tensor:
+    """Standard deviation of a point-to-plane residual relative to a frontal surface at 1 m,
+    from the Kinect v1 noise model of Nguyen, Izadi, Lovell (3DIMPVT 2012).  ``q`` frame
+    points in the model camera, ``nm`` model normals, ``z`` the frame depths, ``fx_sensor``
+    the sensor's focal length (px).  model 2: the axial sigma(z) = 1.2 mm + 1.9 mm (z - 0.4)^2
+    only; model 3: the axial noise with its incidence-angle term, projected on the normal,
+    plus the lateral noise (0.8 px + 0.035 px theta / (pi/2 - theta)) z / f."""
+    zc = z.clamp(min=0.5)
+    ax = 0.0012 + 0.0019 * (zc - 0.4) * (zc - 0.4)
+    ref = 0.0012 + 0.0019 * 0.36
+    if model == 2:
+        return ax / ref
+    iq = torch.rsqrt((q * q).sum(0).clamp(min=1e-12))
+    c = ((q * nm).sum(0) * iq).abs().clamp(min=0.05, max=1.0)  # cos of the incidence angle
+    th = torch.acos(c)
+    g = th / (0.5 * math.pi - th)
+    ax = ax + 0.0001 / torch.sqrt(zc) * g * g
+    lat = (0.8 + 0.035 * g) * zc / fx_sensor
+    var = ax * ax * c * c + lat * lat * (1.0 - c * c)
+    return torch.sqrt(var) / ref
+
+
 def icp_system(P: Tensor, N: Tensor, A: Tensor, R: Tensor, t: Tensor, table: Tensor,
                fx: float, fy: float, cx: float, cy: float, width: int, height: int,
-               max_dist: float, cos_angle: float, huber: float, noise_weighting: bool,
-               chunk: int) -> Tuple[Tensor, int]:
+               max_dist: float, cos_angle: float, huber: float, noise_model: int,
+               fx_sensor: float, symmetric: bool, chunk: int) -> Tuple[Tensor, int]:
     """One projective association + point-to-plane linearisation of ``tracking.Tracker``:
     frame points ``P``/normals ``N`` ``(3, n)`` (n a multiple of ``chunk``; padding has
     z = 0), moved by ``R, t`` into the model camera, projected into the model ``table``
-    ``(6, H*W)`` (points, normals; pixel 0 is an invalid sentinel).  Returns the 7x7 float64
+    ``(6, H*W)`` (points, normals; pixel 0 is an invalid sentinel).  ``noise_model``: residual
+    weights 1 (0), 1 / z^4 (1: sigma ~ z^2) or the Kinect model of :func:`noise_scale` (2, 3);
+    ``symmetric``: the residual and its Jacobian use the mean of the model and frame normals
+    (symmetric point-to-plane, Rusinkiewicz 2019) instead of the model's.  Returns the 7x7 float64
     matrix ``[A w]^T [A]`` of the rows ``(n_model, p x n_model | r)`` (H = M[:6,:6],
     b = M[:6,6], robust RSS = M[6,6]) and the inlier count."""
     q = R @ P + t  # (3, n)
@@ -252,11 +277,19 @@ def icp_system(P: Tensor, N: Tensor, A: Tensor, R: Tensor, t: Tensor, table: Ten
     diff = q - G[:3]
     dist2 = (diff * diff).sum(0)
     r = (diff * nm).sum(0)
-    cosang = ((R @ N) * nm).sum(0)
+    Nr = R @ N
+    cosang = (Nr * nm).sum(0)
     keep = (dist2 < max_dist * max_dist) & (cosang > cos_angle)
+    if symmetric:
+        ns = nm + Nr
+        nm = ns * torch.rsqrt((ns * ns).sum(0).clamp(min=1e-12))
+        r = (diff * nm).sum(0)
     keepf = keep.to(r.dtype)
-    if noise_weighting:
+    if noise_model == 1:
         sc = (P[2] * P[2]).clamp(min=0.25)
+        w = (huber * sc / r.abs().clamp(min=1e-9)).clamp(max=1.0) * keepf / (sc * sc)
+    elif noise_model >= 2:
+        sc = noise_scale(q, nm, P[2], fx_sensor, noise_model)
         w = (huber * sc / r.abs().clamp(min=1e-9)).clamp(max=1.0) * keepf / (sc * sc)
     else:
         w = (huber / r.abs().clamp(min=1e-9)).clamp(max=1.0) * keepf
@@ -290,6 +323,26 @@ def down2(d: Tensor, rel_tol: float, far: float) -> Tensor:
                        torch.minimum(q2 + i2 * far, q3 + i3 * far))
     ok = (cnt > 0) & (mx - mn <= rel_tol * mn + 0.01)
     return s / cnt.clamp(min=1.0) * ok.to(d.dtype)
+
+
+def bilateral(d: Tensor, radius: int, sigma_px: float, sigma_rel: float) -> Tensor:
+    """Edge-preserving smoothing of a depth image (KinectFusion's bilateral filter): each
+    valid pixel becomes the weighted mean of the valid pixels within ``radius``, weights
+    ``exp(-dx^2 / 2 sigma_px^2 - dz^2 / 2 (sigma_rel z^2)^2)``; holes stay holes."""
+    H, W = d.shape[0], d.shape[1]
+    pad = torch.nn.functional.pad(d.unsqueeze(0).unsqueeze(0), [radius, radius, radius, radius]).squeeze(0).squeeze(0)
+    num = torch.zeros_like(d)
+    den = torch.zeros_like(d)
+    sz = sigma_rel * d * d + 1e-4
+    inv2 = 0.5 / (sz * sz)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            nb = pad[radius + dy:radius + dy + H, radius + dx:radius + dx + W]
+            dd = nb - d
+            w = torch.exp(-(dx * dx + dy * dy) / (2.0 * sigma_px * sigma_px) - dd * dd * inv2) * (nb > 0).to(d.dtype)
+            num += w * nb
+            den += w
+    return torch.where(d > 0, num / den.clamp(min=1e-12), d)
 
 
 def normals(X: Tensor, Y: Tensor, Z: Tensor, d: Tensor, max_rel_jump: float
@@ -331,6 +384,8 @@ voxel_index = script(voxel_index)
 trilinear = script(trilinear)
 march_dense = script(march_dense)
 march = script(march)
+noise_scale = script(noise_scale)
 icp_system = script(icp_system)
 down2 = script(down2)
 normals = script(normals)
+bilateral = script(bilateral)

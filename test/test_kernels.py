@@ -60,7 +60,7 @@ def test_march_and_icp_match_eager(monkeypatch):
     t = torch.as_tensor(T[:3, 3:4], dtype=torch.float32)
     Kv = view.intrinsics
     args = (L.P, L.N, L.A, R, t, view.table, Kv.fx, Kv.fy, Kv.cx, Kv.cy, Kv.width, Kv.height,
-            0.05, 0.8, 0.01, True, 1024)
+            0.05, 0.8, 0.01, 1, float(K.fx), False, 1024)
     M1, n1 = kernels.icp_system(*args)
     M2, n2 = kernels.icp_system.eager(*args)
     assert n1 == n2 > 1000

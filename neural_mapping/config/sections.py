@@ -150,7 +150,17 @@ class TrackingConfig:
     tracking_huber_m: float = param(0.01, "Huber threshold on point-to-plane residuals.", unit="m",
                                     lo=1e-4, hi=1.0)
     tracking_depth_noise_weighting: bool = param(
-        True, "Weight residuals by the depth noise model (sigma ~ z^2).")
+        True, "Weight residuals by the depth noise model (tracking_noise_model).")
+    tracking_noise_model: str = param(
+        "z2", "Depth noise model of the residual weights: z2 (sigma ~ z^2), kinect_axial (Kinect "
+        "v1 axial sigma(z) of Nguyen et al. 2012), kinect (axial with its incidence-angle term, "
+        "projected on the normal, plus lateral noise).", choices=("z2", "kinect_axial", "kinect"))
+    tracking_symmetric: bool = param(
+        False, "Symmetric point-to-plane ICP: residuals along the mean of the model and frame "
+        "normals (Rusinkiewicz 2019) instead of the model normal.")
+    tracking_bilateral_rel: float = param(
+        0.0, "Bilateral filter of the frame's depth before the pyramid (5x5, 1.5 px, as in "
+        "KinectFusion) with depth sigma this times z^2 (m); 0 = off.", lo=0.0, hi=1.0)
     tracking_eps_trans_m: float = param(
         1e-4, "A pyramid level stops when an update translates less than this (and rotates less "
         "than tracking_eps_rot_rad).", unit="m", lo=0.0, hi=1.0)

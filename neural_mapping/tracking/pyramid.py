@@ -79,6 +79,7 @@ class Level:
 
     def __init__(self, P: torch.Tensor, N: torch.Tensor, n: int):
         self.P, self.N, self.n = P, N, n
+        self.fx_sensor = 1.0
         self.A = torch.empty((7, P.shape[1]), dtype=P.dtype, device=P.device)
 
 
@@ -99,16 +100,21 @@ def _points(d: torch.Tensor, K: CameraIntrinsics, stride: int) -> Level:
 
 
 def build_pyramid(d: torch.Tensor, intrinsics: CameraIntrinsics, base_width: int,
-                  used: Sequence[bool], finest_stride: int) -> Tuple[List[Optional[Level]], int]:
+                  used: Sequence[bool], finest_stride: int, bilateral_rel: float = 0.0
+                  ) -> Tuple[List[Optional[Level]], int]:
     """The frame's points, coarse to fine: the depth ``d`` (0 = invalid) block-averaged to
     about ``base_width``, then halved for each coarser level; ``used[i]`` (coarse to fine)
-    says whether level ``i`` is iterated (unused levels are ``None``).  Also returns the
+    says whether level ``i`` is iterated (unused levels are ``None``); ``bilateral_rel`` > 0
+    filters the resampled depth (:func:`kernels.bilateral`).  Each level's ``fx_sensor`` is
+    ``intrinsics.fx`` (the noise model's lateral term).  Also returns the
     number of valid depths at the finest level."""
     f = max(1, intrinsics.width // base_width)
     levels = []
     K = intrinsics
-    for _ in range(len(used)):
+    for j in range(len(used)):
         d = downsample_depth(d, f)
+        if j == 0 and bilateral_rel > 0:
+            d = kernels.bilateral(d, 2, 1.5, float(bilateral_rel))
         K = scaled_to(K, d.shape[1], d.shape[0])
         levels.append((d, K))
         f = 2
@@ -116,4 +122,7 @@ def build_pyramid(d: torch.Tensor, intrinsics: CameraIntrinsics, base_width: int
     last = len(levels) - 1
     out = [_points(d, K, finest_stride if i == last else 1) if used[i] else None
            for i, (d, K) in enumerate(levels)]
+    for lvl in out:
+        if lvl is not None:
+            lvl.fx_sensor = float(intrinsics.fx)
     return out, int((levels[-1][0] > 0).sum())

@@ -54,6 +54,8 @@ from neural_mapping.tracking.model_view import ModelView
 from neural_mapping.tracking.pyramid import CHUNK, Level, build_pyramid, scaled_to, to_tensor
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
+_NOISE_MODELS = {"z2": 1, "kinect_axial": 2, "kinect": 3}
+
 
 @dataclass
 class TrackResult:
@@ -103,6 +105,7 @@ class Tracker:
         if self.levels[-1][0] < 1:
             raise ValueError("tracking_iterations_fine must be >= 1")
         self._cos_angle = math.cos(math.radians(c.tracking_max_angle_deg))
+        self._noise_model = _NOISE_MODELS[c.tracking_noise_model] if c.tracking_depth_noise_weighting else 0
 
     @classmethod
     def from_config(cls, cfg, device) -> "Tracker":
@@ -169,7 +172,8 @@ class Tracker:
         d = to_tensor(depth, self.device)
         d = torch.where((d > self.depth_min_m) & (d < self.depth_max_m), d, torch.zeros_like(d))  # NaN -> 0
         return build_pyramid(d, intrinsics, self.config.tracking_width_px,
-                             [it > 0 for it, _ in self.levels], self.config.tracking_point_stride)
+                             [it > 0 for it, _ in self.levels], self.config.tracking_point_stride,
+                             self.config.tracking_bilateral_rel)
 
     def _track(self, depth, intrinsics, view: Optional[ModelView], T_init, color=None,
                prior_weight: float = 0.0) -> TrackResult:
@@ -258,7 +262,7 @@ class Tracker:
                                      float(K.cx), float(K.cy), int(K.width), int(K.height),
                                      float(max_dist), float(self._cos_angle),
                                      float(self.config.tracking_huber_m),
-                                     bool(self.config.tracking_depth_noise_weighting), CHUNK)
+                                     self._noise_model, L.fx_sensor, self.config.tracking_symmetric, CHUNK)
         if n_in < 6:
             return None
         return M[:6, :6], M[:6, 6], n_in, float(M[6, 6])

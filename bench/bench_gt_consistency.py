@@ -6,7 +6,8 @@ aligns every k-th frame to a raycast of that map with our ICP, starting *at* its
 pose, and reports how far the alignment moves it.  If poses and depth agreed perfectly (and
 ICP were unbiased) the shifts would be ~0; what remains is the level below which an ATE
 against this ground truth stops meaning much.  On a synthetic sequence (exact depth, exact
-poses) the same procedure measures the tracker's own bias.
+poses) the same procedure measures the tracker's own bias.  ``indep. points`` calibrates external+refine's filter: how many
+independent points the ICP's normal equations are worth (``refine_icp_independent_points``).
 
     .venv/bin/python bench/bench_gt_consistency.py                 # 7-Scenes 0-499, TUM fr1/xyz, synthetic
     .venv/bin/python bench/bench_gt_consistency.py --sequences tum --every 5
@@ -31,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from neural_mapping.config import MappingConfig  # noqa: E402
 from neural_mapping.datasets import open_dataset  # noqa: E402
-from neural_mapping.geometry import pose_distance  # noqa: E402
+from neural_mapping.geometry import inv_pose, pose_distance, se3_log  # noqa: E402
 from neural_mapping.tracking.tracker import Tracker  # noqa: E402
 from neural_mapping.backends import get_backend  # noqa: E402
 
@@ -46,7 +47,7 @@ def consistency(name: str, frames: int, every: int, voxel: float, depth_max: flo
     for i in range(len(ds)):
         f = ds[i]
         backend.integrate(f, f.pose)
-    shifts, angles = [], []
+    shifts, angles, mahal = [], [], []
     tracker = Tracker.from_config(cfg, "cpu")
     for i in range(0, len(ds), every):
         f = ds[i]
@@ -55,11 +56,17 @@ def consistency(name: str, frames: int, every: int, voxel: float, depth_max: flo
         dt, dr = pose_distance(r.T_world_cam, f.pose)
         shifts.append(dt * 100)
         angles.append(np.degrees(dr))
+        if r.ok:  # the error in the tracker's coordinates (reference = ground truth) vs its H
+            xi = se3_log(inv_pose(f.pose) @ r.T_world_cam)
+            mahal.append(float(xi @ r.normal_equations @ xi) / max(r.rss, 1e-12))
     s, a = np.array(shifts), np.array(angles)
     return {"sequence": name, "frames": len(ds), "checked": len(s), "voxel_size_m": voxel,
             "shift_cm_median": float(np.median(s)), "shift_cm_p90": float(np.percentile(s, 90)),
             "shift_cm_max": float(s.max()), "rot_deg_median": float(np.median(a)),
-            "rot_deg_p90": float(np.percentile(a, 90))}
+            "rot_deg_p90": float(np.percentile(a, 90)),
+            # external+refine's refine_icp_independent_points: if the errors were Gaussian with
+            # covariance sigma^2 (H/n)^-1 / n_eff, E[e^T H e / rss] = 6 / n_eff
+            "independent_points": 6.0 / float(np.mean(mahal)) if mahal else float("nan")}
 
 
 def main(argv=None) -> int:
@@ -80,11 +87,11 @@ def main(argv=None) -> int:
         rows.append(consistency(name, frames, args.every, args.voxel, args.depth_max))
         print(json.dumps(rows[-1]), f"({time.perf_counter() - t:.0f} s)", flush=True)
     print(f"\n{'sequence':10} {'frames':>6} {'checked':>7} {'shift cm med':>12} {'p90':>6} {'max':>6} "
-          f"{'rot deg med':>11} {'p90':>6}")
+          f"{'rot deg med':>11} {'p90':>6} {'indep. points':>13}")
     for r in rows:
         print(f"{r['sequence']:10} {r['frames']:6d} {r['checked']:7d} {r['shift_cm_median']:12.2f} "
               f"{r['shift_cm_p90']:6.2f} {r['shift_cm_max']:6.2f} {r['rot_deg_median']:11.2f} "
-              f"{r['rot_deg_p90']:6.2f}")
+              f"{r['rot_deg_p90']:6.2f} {r['independent_points']:13.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "results": rows}, indent=1))
     print(f"wrote {args.out}")

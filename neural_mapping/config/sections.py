@@ -216,15 +216,25 @@ class TrackingConfig:
     tracking_max_motion_m: float = param(0.30, "Estimate further than this from the initial guess: "
                                          "the frame fails (large_motion).", unit="m", lo=0.001, hi=100.0)
     refine_time_constant_s: float = param(
-        1.0, "external+refine: the map->odom correction follows the tracker's estimate with this "
-        "time constant (a complementary filter: the external odometry is trusted over shorter "
-        "times, the alignment to the map over longer ones). 0 = take every tracked pose as is.",
+        1.0, "external+refine: correlation time of the ICP's error against the map (consecutive "
+        "frames see the same map errors): the Kalman filter on the map->odom correction counts "
+        "each ICP result as dt / this of an independent measurement, so the correction moves "
+        "more smoothly (0 = every frame independent).",
         unit="s", lo=0.0, hi=3600.0)
-    refine_prior_weight: float = param(
-        0.3, "external+refine: the odometry pose is also a prior in the ICP cost, with this "
-        "information per direction as a fraction of the (depth-normalised) ICP system's mean "
-        "diagonal (0 = initial guess only; 0.3 measured best with bench/bench_refine.py).",
-        lo=0.0, hi=1e6)
+    refine_odometry_drift_m_per_s: float = param(
+        0.01, "external+refine: the odometry's translation drift, the filter's process noise (a "
+        "random walk whose standard deviation grows by this much in one second; the drift of "
+        "bench/bench_refine.py's simulated odometry; set your odometry's spec).",
+        unit="m/s", lo=1e-6, hi=100.0)
+    refine_odometry_drift_deg_per_s: float = param(
+        0.5, "external+refine: the odometry's rotation drift (as refine_odometry_drift_m_per_s).",
+        unit="deg/s", lo=1e-6, hi=1000.0)
+    refine_icp_independent_points: float = param(
+        1.0, "external+refine: an ICP result's covariance is sigma^2 (H/n)^-1 divided by this many "
+        "independent points (not its n inliers: neighbouring residuals share map and calibration "
+        "errors); measured by bench/bench_gt_consistency.py (2 cm: TUM 1.1, 7-Scenes 4.6; "
+        "the smaller, i.e. less trust in ICP, is the default).",
+        unit="points", lo=1e-6, hi=1e12)
     tracking_max_motion_deg: float = param(30.0, "Rotation from the initial guess above this: the "
                                            "frame fails (large_motion).", unit="deg", lo=0.1, hi=180.0)
     tracking_model_margin_trunc: float = param(

@@ -11,8 +11,10 @@ calls is stateless (:class:`~neural_mapping.tracking.tracker.Tracker`).
                    (``tracked``; the first frame of an empty map is ``initial`` at the last
                    pose or the identity)
 ``external+refine`` ICP with the corrected external pose as initial guess; the correction
-                   ``T_tracked @ inv(T_external)`` (map->odom) follows the tracker through a
-                   first-order low-pass with ``refine_time_constant_s`` (``refined``)
+                   (map->odom) is a Kalman filter fusing the odometry's drift model with
+                   each ICP result and its covariance, ``refine_time_constant_s`` the
+                   ICP error's correlation time
+                   (:mod:`neural_mapping.system.refine_filter`; ``refined``)
 =================  ===========================================================================
 
 A failed track (``failed``, or ``lost`` after ``lost_after_failures`` in a row) returns
@@ -39,7 +41,8 @@ from typing import Optional
 import numpy as np
 
 from neural_mapping.config import MappingConfig
-from neural_mapping.geometry import interpolate_pose, inv_pose
+from neural_mapping.geometry import inv_pose
+from neural_mapping.system.refine_filter import RefineFilter
 from neural_mapping.types import RGBDFrame
 
 log = logging.getLogger(__name__)
@@ -65,13 +68,14 @@ class PosePolicy:
         if self.source != "external" and tracker is None:
             raise ValueError(f"pose_source {self.source!r} needs a tracker")
         self.tracker = tracker
+        self.refine = RefineFilter(config.tracking)
         self.reset()
 
     def reset(self) -> None:
         self.last_T: Optional[np.ndarray] = None
         self.prev_T: Optional[np.ndarray] = None
-        self.correction = np.eye(4)
-        self.refine_stamp: Optional[float] = None
+        self.correction = np.eye(4)  # the applied map->odom correction (external+refine)
+        self.refine.reset()
         self.consecutive_failures = 0
         self.track_time_s = 0.0  # ICP time of the last estimate (0 when none ran)
         self.keyframes: list = []  # model views to relocalise against (newest last)
@@ -95,13 +99,14 @@ class PosePolicy:
         if model is None:  # empty map: the first frame defines (or takes) the pose
             T0 = T_external if T_external is not None else (
                 self.last_T if self.last_T is not None else np.eye(4))
+            if T_external is not None:
+                self.refine.start(frame.timestamp)
             return self._accept(PoseResult(frame.index, frame.timestamp, T0, "initial", True,
                                            T_correction=np.eye(4) if T_external is not None else None))
         self._remember(model)
-        T_init = self._initial_guess(T_external, model)
+        T_init = self._initial_guess(T_external, frame.timestamp, model)
         t0 = time.perf_counter()
-        prior = self.tracking_config.refine_prior_weight if T_external is not None else 0.0
-        tr = self.tracker.track(frame, model, T_init, prior_weight=prior)
+        tr = self.tracker.track(frame, model, T_init)
         floor = self._inlier_floor()
         if tr.ok and tr.inlier_ratio < floor:  # a sudden drop: a jump that ICP cannot explain
             tr.ok, tr.reason, tr.T_world_cam = False, "inlier_drop", T_init.copy()
@@ -124,7 +129,9 @@ class PosePolicy:
             if T_external is None:
                 return self._accept(PoseResult(frame.index, frame.timestamp, tr.T_world_cam, "tracked",
                                                True, info=tr.info()))
-            corr = self._filter_correction(tr.T_world_cam @ inv_pose(T_external), frame.timestamp)
+            info = self.refine.measurement_information(tr.normal_equations, tr.inliers, tr.rss,
+                                                       model.T_world_ref)
+            corr = self.refine.update(T_init, tr.T_world_cam, info)
             return self._accept(PoseResult(frame.index, frame.timestamp, corr @ T_external, "refined",
                                            True, T_correction=corr, info=tr.info()))
         self.consecutive_failures += 1
@@ -174,24 +181,14 @@ class PosePolicy:
                 best = tr
         return best
 
-    def _initial_guess(self, T_external: Optional[np.ndarray], model) -> np.ndarray:
-        if T_external is not None:
-            return self.correction @ T_external
+    def _initial_guess(self, T_external: Optional[np.ndarray], stamp: float, model) -> np.ndarray:
+        if T_external is not None:  # the filter's (unsmoothed) correction, predicted to stamp
+            return self.refine.predict(T_external, stamp)
         if self.last_T is not None and self.prev_T is not None:
             return self.last_T @ (inv_pose(self.prev_T) @ self.last_T)  # constant velocity
         if self.last_T is not None:
             return self.last_T
         return np.asarray(model.T_world_ref, dtype=np.float64)
-
-    def _filter_correction(self, corr_tracked: np.ndarray, stamp: float) -> np.ndarray:
-        """Move the map->odom correction towards the tracked one by
-        ``dt / refine_time_constant_s`` (first-order low-pass on SE(3))."""
-        tau = self.tracking_config.refine_time_constant_s
-        last, self.refine_stamp = self.refine_stamp, stamp
-        if tau <= 0 or last is None:
-            return corr_tracked
-        alpha = min(1.0, max(0.0, (stamp - last) / tau))
-        return interpolate_pose(self.correction, corr_tracked, alpha)
 
     def _accept(self, result: PoseResult) -> PoseResult:
         if result.status == "refined" and result.T_correction is not None:

@@ -71,6 +71,10 @@ class TrackResult:
     weak_directions: int = 0  # directions kept at the initial guess (weak eigenvalues)
     photometric_pairs: int = 0  # pairs of the photometric alignment in the weak directions
     time_s: float = 0.0
+    # external+refine's Kalman filter (system/refine_filter.py): the finest level's last 6x6
+    # normal equations (left perturbation in the model view's reference frame) and robust RSS
+    normal_equations: Optional[np.ndarray] = None
+    rss: float = float("nan")
     levels: list = field(default_factory=list)
 
     def info(self) -> Dict[str, Any]:
@@ -229,6 +233,7 @@ class Tracker:
                           valid_points=n_valid, inlier_ratio=n_in / max(L.n, 1),
                           condition=_condition(ev), levels=levels_info,
                           weak_directions=int(weak.sum()), photometric_pairs=photo_pairs)
+        res.normal_equations, res.rss = H.cpu().numpy(), rss  # for external+refine's filter
         res.reason = self._failure(res, L.n, T_init)
         if res.reason != "ok":
             res.ok = False

@@ -267,6 +267,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
                                                "p95": fl("latency_integrate_p95_ms")},
             "latency_submit_to_pose_ms": {"p50": fl("latency_pose_p50_ms"), "p95": fl("latency_pose_p95_ms")},
             "node_cpu_percent": cpu_pct,
+            "stages_ms": stage_breakdown(d),
             "node_diagnostics_last": d,
         })
     finally:
@@ -277,6 +278,30 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
         if proc.returncode != 0:
             result["node_log_tail"] = log_path.read_text()[-3000:]
     return result
+
+
+# the node's stages in the order a frame passes them (diagnostics ``stage_<name>_p50/p95_ms``)
+STAGES = ("transport", "decode_depth", "decode_color", "receive_to_submit", "queue_frames",
+          "track", "track_cpu", "publish_pose", "queue_map", "integrate", "predict", "map_cpu")
+
+
+def stage_breakdown(diag: dict) -> dict:
+    """``{stage: {"p50": ms, "p95": ms}}`` from the node's last diagnostics."""
+    return {s: {q: float(diag[f"stage_{s}_{q}_ms"]) for q in ("p50", "p95")}
+            for s in STAGES if f"stage_{s}_p50_ms" in diag}
+
+
+def print_stages(results) -> None:
+    rows = [r for r in results if r.get("stages_ms")]
+    if not rows:
+        return
+    print("per stage p50/p95 ms (node diagnostics; transport: depth stamp -> depth callback, "
+          "receive_to_submit: depth callback -> submit incl. color pairing, queue_*: waiting)")
+    print(f"{'stage':<18}" + "".join(f"{r.get('transport', '') + ' ' + r['pose_source']:>22}" for r in rows))
+    for s in STAGES:
+        cells = [r["stages_ms"].get(s) for r in rows]
+        cells = ["-" if c is None else f"{c['p50']:.1f} / {c['p95']:.1f}" for c in cells]
+        print(f"{s:<18}" + "".join(f"{c:>22}" for c in cells))
 
 
 def mode_node(args) -> int:
@@ -316,6 +341,7 @@ def mode_node(args) -> int:
               f"{r['poses_per_s']:>6.1f} {f(lp['p50']) + '/' + f(lp['p95']):>16} "
               f"{f(li['p50']) + '/' + f(li['p95']):>17} {r['node_cpu_percent']:>5.0f}  "
               + ", ".join(f"{k}={v}" for k, v in r["drops"].items()))
+    print_stages(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))
@@ -371,6 +397,7 @@ def mode_node_one(args) -> int:
             print(f"drops ({r['pose_source']}): " + ", ".join(f"{k}={v}" for k, v in r["drops"].items()))
     print("(latencies in ms from the depth header stamp = wall clock at publish; "
           "CPU% of the node process, 100 = one core)")
+    print_stages(report["results"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))

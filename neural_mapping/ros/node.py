@@ -56,6 +56,7 @@ from std_srvs.srv import Trigger
 
 from neural_mapping.system.mapping_system import MappingSystem, PoseResult
 from neural_mapping.system.paths import output_path
+from neural_mapping.system.stage_times import StageTimes
 from neural_mapping.ros import conversions as conv
 from neural_mapping.config import MappingConfig
 from neural_mapping.ros.faults import WorkerWatch
@@ -88,6 +89,7 @@ class MappingNode(Node):
         self._lat_stamp: Dict[str, Deque[float]] = {
             "pose": collections.deque(maxlen=LATENCY_WINDOW),
             "integrate": collections.deque(maxlen=LATENCY_WINDOW)}
+        self._publish_times = StageTimes(("publish_pose",), LATENCY_WINDOW)  # on the tracking thread
 
         self.system = MappingSystem(self.cfg, on_pose=self._on_pose,
                                     on_integrated=self._on_integrated)
@@ -161,21 +163,25 @@ class MappingNode(Node):
             return
         if self._closing or not self.context.ok():
             return  # shutting down: the publishers may already be invalid
+        t0 = time.monotonic()
         try:
             self._publish_pose(result)
         except Exception:  # noqa: BLE001 - a pose output never kills the tracking thread
             if self._closing or not self.context.ok():
                 return
             raise
+        self._publish_times.add("publish_pose", time.monotonic() - t0)
         self._lat_stamp["pose"].append(self._now_s() - result.stamp)
 
     def _publish_pose(self, result: PoseResult) -> None:
         stamp = conv.sec_to_stamp(result.stamp)
         T = result.T_world_cam
-        ps = conv.pose_stamped_msg(T, stamp, self.ncfg.map_frame)
-        self.pub_pose.publish(ps)
-        self.pub_odom.publish(conv.odometry_msg(T, stamp, self.ncfg.map_frame,
-                                                self.inputs.camera_frame or "camera"))
+        ps = conv.pose_stamped_msg(T, stamp, self.ncfg.map_frame)  # ~/path keeps it too
+        if self.pub_pose.get_subscription_count() > 0:  # this runs on the tracking thread
+            self.pub_pose.publish(ps)
+        if self.pub_odom.get_subscription_count() > 0:
+            self.pub_odom.publish(conv.odometry_msg(T, stamp, self.ncfg.map_frame,
+                                                    self.inputs.camera_frame or "camera"))
         with self._lock:
             conv.path_append(self._path, ps, self.ncfg.path_max_poses)
             self._path_dirty = True
@@ -206,6 +212,8 @@ class MappingNode(Node):
             stats["clock_jumps"] = self.inputs.frame_clock.jumps + self.inputs.pose_clock.jumps
             stats.update(worker_failures=self.faults.failures, worker_restarts=self.faults.restarts)
             stats.update(self.tf_out.stats)
+            stats.update(self.inputs.times.percentiles("stage_"))  # before submit
+            stats.update(self._publish_times.percentiles("stage_"))
             for k, v in self._lat_stamp.items():
                 if v:
                     arr = np.asarray(v)

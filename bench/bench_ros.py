@@ -31,6 +31,7 @@ The machine is shared: the JSON records the load average before and after.
         [--transport default shm]   # one fresh process per transport setting, merged JSON
         [--contention 0 2]          # also with 2 busy-loop processes (CPU contention)
     .venv/bin/python bench/bench_ros.py qos [--frames 60] [--rate 10]
+    .venv/bin/python bench/bench_ros.py executor   # idle executor wake-up cost of the node
 """
 
 from __future__ import annotations
@@ -405,6 +406,44 @@ def mode_node_one(args) -> int:
     return 0 if all(r.get("node_exit_code") == 0 for r in report["results"]) else 1
 
 
+# ================================================================= executor mode
+def mode_executor(args) -> int:
+    """Cost of one idle executor wake-up (``spin_once(timeout_sec=0)``: the wait set built and
+    checked in Python, as on every message and timer) of the mapping node, with rclpy's default
+    QoS-event handlers on its publishers and as the node creates them (without)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from neural_mapping.ros.node import MappingNode
+
+    class WithDefaultHandlers(MappingNode):
+        def create_publisher(self, *a, **kw):
+            return Node.create_publisher(self, *a, **kw)
+
+    rclpy.init(args=["bench", "--ros-args", "-p", "pose_source:=track", "-p",
+                     f"output_dir:={tempfile.mkdtemp(prefix='bench_ros_')}"], domain_id=random.randint(120, 220))
+    rows = []
+    for _ in range(args.reps):  # interleaved
+        for label, cls in (("default handlers", WithDefaultHandlers), ("node (outputs without)", MappingNode)):
+            node = cls()
+            ex = SingleThreadedExecutor()
+            ex.add_node(node)
+            for _ in range(50):
+                ex.spin_once(timeout_sec=0)
+            t0 = time.perf_counter()
+            for _ in range(args.spins):
+                ex.spin_once(timeout_sec=0)
+            rows.append((label, len(list(node.waitables)), (time.perf_counter() - t0) / args.spins * 1e3))
+            node.shutdown()
+            ex.shutdown()
+            node.destroy_node()
+    rclpy.try_shutdown()
+    print(f"{'publishers':<24} {'waitables':>9} {'ms per spin_once(0)':>20}   (load avg {loadavg()})")
+    for label, w, ms in rows:
+        print(f"{label:<24} {w:>9} {ms:>20.3f}")
+    return 0
+
+
 # ====================================================================== qos mode
 def _qos_profile(reliability: str, depth: int):
     from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -551,6 +590,10 @@ def main(argv=None) -> int:
                          "with both cores of a 2-core machine busy)")
     pn.add_argument("--out", default=str(REPO / "bench" / "results" / "ros.json"))
     pn.set_defaults(func=mode_node)
+    pe = sub.add_parser("executor", help="the node's executor overhead per wake-up")
+    pe.add_argument("--spins", type=int, default=1000)
+    pe.add_argument("--reps", type=int, default=3)
+    pe.set_defaults(func=mode_executor)
     pq = sub.add_parser("qos", help="raw DDS delivery: best effort vs reliable, defaults vs SHM profile")
     pq.add_argument("--frames", type=int, default=60)
     pq.add_argument("--rate", type=float, default=10.0)

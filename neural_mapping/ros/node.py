@@ -51,6 +51,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path as PathMsg
 from geometry_msgs.msg import PoseStamped
+from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
@@ -127,6 +128,15 @@ class MappingNode(Node):
         self.get_logger().info(
             f"mapping on {self.system.device} with pose_source={self.cfg.run.pose_source}, "
             f"voxel_size_m={self.cfg.grid.voxel_size_m}, input_qos={self.ncfg.input_qos}")
+
+    def create_publisher(self, *args, **kwargs):
+        """Every output (TF and rclpy's own included) without rclpy's default QoS-event
+        handlers: each publisher added two waitables that the executor walks in Python on
+        every wake-up (several per frame; per-spin cost halved without them, measured with
+        this node's 10 publishers).  An incompatible subscriber still warns on its side; the
+        inputs keep their handlers (a camera whose QoS does not match is reported here)."""
+        kwargs.setdefault("event_callbacks", PublisherEventCallbacks(use_default_callbacks=False))
+        return super().create_publisher(*args, **kwargs)
 
     def _apply_parameters(self, cfg: MappingConfig, ncfg: NodeConfig, names) -> None:
         """Apply a validated runtime parameter change (raising rejects it, with the reason)."""

@@ -32,6 +32,7 @@ The machine is shared: the JSON records the load average before and after.
         [--contention 0 2]          # also with 2 busy-loop processes (CPU contention)
     .venv/bin/python bench/bench_ros.py qos [--frames 60] [--rate 10]
     .venv/bin/python bench/bench_ros.py executor   # idle executor wake-up cost of the node
+    .venv/bin/python bench/bench_ros.py offline    # the node's core in-process, no ROS
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
               "output_dir": out_dir, "input_qos": args.input_qos, "sync_mode": "realtime",
               "diagnostics_rate_hz": 2.0, "mesh_rate_hz": 1.0}
     params.update(getattr(args, "node_params", None) or {})  # e.g. bench_view.py: web_view_port
+    params.update(kv.split("=", 1) for kv in getattr(args, "set", None) or [])  # --set NAME=VALUE
     cmd = [sys.executable, "-m", "neural_mapping.ros.node", "--ros-args"]
     for k, v in params.items():
         cmd += ["-p", f"{k}:={v}"]
@@ -317,7 +319,7 @@ def mode_node(args) -> int:
         cmd = [sys.executable, str(Path(__file__).resolve()), "node", "--duration", str(args.duration),
                "--rate", str(args.rate), "--voxel", str(args.voxel), "--device", args.device,
                "--input-qos", args.input_qos, "--max-frames", str(args.max_frames), "--out", str(tmp),
-               "--pose-source", *args.pose_source]
+               "--pose-source", *args.pose_source] + [a for kv in args.set for a in ("--set", kv)]
         if tr == "shm":
             cmd += ["--fastdds-xml", str(SHM_XML)]
         print(f"[bench_ros] transport={tr}", flush=True)
@@ -350,16 +352,19 @@ def mode_node(args) -> int:
     return code
 
 
-def mode_node_one(args) -> int:
+def fixture_intrinsics():
     from neural_mapping.types import CameraIntrinsics
+    K = np.loadtxt(DATA / "camera-intrinsics.txt") if (DATA / "camera-intrinsics.txt").is_file() else None
+    if K is not None and K.shape == (3, 3):
+        return CameraIntrinsics(640, 480, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+    return CameraIntrinsics(640, 480, 585.0, 585.0, 320.0, 240.0)
+
+
+def mode_node_one(args) -> int:
     n_load = min(int(args.duration * args.rate), args.max_frames)
     frames = load_frames(DATA, n_load)
     msgs = prebuilt_messages(frames)
-    K = np.loadtxt(DATA / "camera-intrinsics.txt") if (DATA / "camera-intrinsics.txt").is_file() else None
-    if K is not None and K.shape == (3, 3):
-        intr = CameraIntrinsics(640, 480, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
-    else:
-        intr = CameraIntrinsics(640, 480, 585.0, 585.0, 320.0, 240.0)
+    intr = fixture_intrinsics()
     report = {"mode": "node", "config": {k: v for k, v in vars(args).items() if k != "func"},
               "frames_loaded": len(frames), "cpu_count": os.cpu_count(), "loadavg_before": loadavg(),
               "results": []}
@@ -404,6 +409,42 @@ def mode_node_one(args) -> int:
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"wrote {out}")
     return 0 if all(r.get("node_exit_code") == 0 for r in report["results"]) else 1
+
+
+# ================================================================== offline mode
+def mode_offline(args) -> int:
+    """The node's core without ROS: the same frames submitted in-process to a realtime
+    ``MappingSystem`` (the node's core defaults, ``pose_source`` track) at ``--rate`` for
+    ``--duration`` s; prints the same stage breakdown (``stats()``) as the node mode."""
+    from neural_mapping.ros.node_config import node_core_defaults
+    from neural_mapping.config import MappingConfig
+    from neural_mapping.system.mapping_system import MappingSystem
+    from neural_mapping.types import RGBDFrame
+    n = int(args.duration * args.rate)
+    frames = load_frames(DATA, min(n, args.max_frames))
+    intr = fixture_intrinsics()
+    cfg = MappingConfig.from_flat({"voxel_size_m": args.voxel, "pose_source": "track", "device": args.device,
+                                   **dict(kv.split("=", 1) for kv in args.set)}, node_core_defaults())
+    with MappingSystem(cfg) as system:
+        t0 = time.monotonic()
+        for k in range(n):
+            delay = t0 + k / args.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            depth, color, _ = frames[k % len(frames)]
+            system.submit(RGBDFrame(depth.astype(np.float32) * np.float32(1e-3), intr, color=color,
+                                    timestamp=k / args.rate, index=k))
+        t_pub = time.monotonic() - t0
+        system.flush(60)
+        st = system.stats()
+    r = {"pose_source": "track (offline)", "frames_processed_per_s": st.get("integrated", 0) / t_pub,
+         "poses_per_s": st.get("poses", 0) / t_pub, "stages_ms": stage_breakdown(st),
+         "latency_submit_to_pose_ms": {q: st.get(f"latency_pose_{q}_ms") for q in ("p50", "p95")}}
+    print(f"offline (no ROS), load avg {loadavg()}: {r['frames_processed_per_s']:.1f} frames mapped/s, "
+          f"{r['poses_per_s']:.1f} poses/s, submit -> pose p50/p95 "
+          f"{r['latency_submit_to_pose_ms']['p50']:.0f}/{r['latency_submit_to_pose_ms']['p95']:.0f} ms")
+    print_stages([r])
+    return 0
 
 
 # ================================================================= executor mode
@@ -588,8 +629,17 @@ def main(argv=None) -> int:
     pn.add_argument("--contention", type=int, nargs="+", default=[0],
                     help="busy-loop processes running beside the node (e.g. 0 2: without and "
                          "with both cores of a 2-core machine busy)")
+    pn.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a node parameter (-p NAME:=VALUE), e.g. --set mapping_thread_nice=5")
     pn.add_argument("--out", default=str(REPO / "bench" / "results" / "ros.json"))
     pn.set_defaults(func=mode_node)
+    po = sub.add_parser("offline", help="the same frames into MappingSystem in-process (no ROS)")
+    for a in ("--duration", "--rate", "--voxel"):
+        po.add_argument(a, type=float, default=pn.get_default(a.lstrip("-")))
+    po.add_argument("--device", default="cpu")
+    po.add_argument("--max-frames", type=int, default=500)
+    po.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    po.set_defaults(func=mode_offline)
     pe = sub.add_parser("executor", help="the node's executor overhead per wake-up")
     pe.add_argument("--spins", type=int, default=1000)
     pe.add_argument("--reps", type=int, default=3)

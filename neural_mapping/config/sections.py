@@ -115,7 +115,7 @@ class SystemConfig:
         0, "Niceness added to the mapping thread (Linux; needs no privileges; 0: the same priority "
         "as the tracking thread). > 0: when the cores are busy the tracking thread runs first, so "
         "poses keep their rate and latency and fusion takes the CPU time left (in realtime mode "
-        "frames it cannot fuse in time are dropped and counted). The ROS node uses 5.",
+        "frames it cannot fuse in time are dropped and counted).",
         lo=0, hi=19)
 
 

@@ -123,10 +123,8 @@ class NodeConfig:
 
 
 # The node maps a live stream: realtime sync (callbacks never block, full queues drop their
-# oldest item, the trajectory is bounded), and poses first: the mapping thread yields the CPU
-# to the tracking thread when the cores are busy (bench/bench_ros.py, README "ROS node end to
-# end").  Every other core default is the core's own.
-NODE_CORE_DEFAULTS = {"sync_mode": "realtime", "mapping_thread_nice": 5}
+# oldest item, the trajectory is bounded).  Every other core default is the core's own.
+NODE_CORE_DEFAULTS = {"sync_mode": "realtime"}
 
 
 def node_core_defaults() -> MappingConfig:

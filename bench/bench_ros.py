@@ -31,6 +31,8 @@ The machine is shared: the JSON records the load average before and after.
         [--transport default shm]   # one fresh process per transport setting, merged JSON
         [--contention 0 2]          # also with 2 busy-loop processes (CPU contention)
     .venv/bin/python bench/bench_ros.py qos [--frames 60] [--rate 10]
+    .venv/bin/python bench/bench_ros.py executor   # idle executor wake-up cost of the node
+    .venv/bin/python bench/bench_ros.py offline    # the node's core in-process, no ROS
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
               "output_dir": out_dir, "input_qos": args.input_qos, "sync_mode": "realtime",
               "diagnostics_rate_hz": 2.0, "mesh_rate_hz": 1.0}
     params.update(getattr(args, "node_params", None) or {})  # e.g. bench_view.py: web_view_port
+    params.update(kv.split("=", 1) for kv in getattr(args, "set", None) or [])  # --set NAME=VALUE
     cmd = [sys.executable, "-m", "neural_mapping.ros.node", "--ros-args"]
     for k, v in params.items():
         cmd += ["-p", f"{k}:={v}"]
@@ -267,6 +270,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
                                                "p95": fl("latency_integrate_p95_ms")},
             "latency_submit_to_pose_ms": {"p50": fl("latency_pose_p50_ms"), "p95": fl("latency_pose_p95_ms")},
             "node_cpu_percent": cpu_pct,
+            "stages_ms": stage_breakdown(d),
             "node_diagnostics_last": d,
         })
     finally:
@@ -277,6 +281,30 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
         if proc.returncode != 0:
             result["node_log_tail"] = log_path.read_text()[-3000:]
     return result
+
+
+# the node's stages in the order a frame passes them (diagnostics ``stage_<name>_p50/p95_ms``)
+STAGES = ("transport", "decode_depth", "decode_color", "receive_to_submit", "queue_frames",
+          "track", "track_cpu", "publish_pose", "queue_map", "integrate", "predict", "map_cpu")
+
+
+def stage_breakdown(diag: dict) -> dict:
+    """``{stage: {"p50": ms, "p95": ms}}`` from the node's last diagnostics."""
+    return {s: {q: float(diag[f"stage_{s}_{q}_ms"]) for q in ("p50", "p95")}
+            for s in STAGES if f"stage_{s}_p50_ms" in diag}
+
+
+def print_stages(results) -> None:
+    rows = [r for r in results if r.get("stages_ms")]
+    if not rows:
+        return
+    print("per stage p50/p95 ms (node diagnostics; transport: depth stamp -> depth callback, "
+          "receive_to_submit: depth callback -> submit incl. color pairing, queue_*: waiting)")
+    print(f"{'stage':<18}" + "".join(f"{r.get('transport', '') + ' ' + r['pose_source']:>22}" for r in rows))
+    for s in STAGES:
+        cells = [r["stages_ms"].get(s) for r in rows]
+        cells = ["-" if c is None else f"{c['p50']:.1f} / {c['p95']:.1f}" for c in cells]
+        print(f"{s:<18}" + "".join(f"{c:>22}" for c in cells))
 
 
 def mode_node(args) -> int:
@@ -291,7 +319,7 @@ def mode_node(args) -> int:
         cmd = [sys.executable, str(Path(__file__).resolve()), "node", "--duration", str(args.duration),
                "--rate", str(args.rate), "--voxel", str(args.voxel), "--device", args.device,
                "--input-qos", args.input_qos, "--max-frames", str(args.max_frames), "--out", str(tmp),
-               "--pose-source", *args.pose_source]
+               "--pose-source", *args.pose_source] + [a for kv in args.set for a in ("--set", kv)]
         if tr == "shm":
             cmd += ["--fastdds-xml", str(SHM_XML)]
         print(f"[bench_ros] transport={tr}", flush=True)
@@ -316,6 +344,7 @@ def mode_node(args) -> int:
               f"{r['poses_per_s']:>6.1f} {f(lp['p50']) + '/' + f(lp['p95']):>16} "
               f"{f(li['p50']) + '/' + f(li['p95']):>17} {r['node_cpu_percent']:>5.0f}  "
               + ", ".join(f"{k}={v}" for k, v in r["drops"].items()))
+    print_stages(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))
@@ -323,16 +352,19 @@ def mode_node(args) -> int:
     return code
 
 
-def mode_node_one(args) -> int:
+def fixture_intrinsics():
     from neural_mapping.types import CameraIntrinsics
+    K = np.loadtxt(DATA / "camera-intrinsics.txt") if (DATA / "camera-intrinsics.txt").is_file() else None
+    if K is not None and K.shape == (3, 3):
+        return CameraIntrinsics(640, 480, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+    return CameraIntrinsics(640, 480, 585.0, 585.0, 320.0, 240.0)
+
+
+def mode_node_one(args) -> int:
     n_load = min(int(args.duration * args.rate), args.max_frames)
     frames = load_frames(DATA, n_load)
     msgs = prebuilt_messages(frames)
-    K = np.loadtxt(DATA / "camera-intrinsics.txt") if (DATA / "camera-intrinsics.txt").is_file() else None
-    if K is not None and K.shape == (3, 3):
-        intr = CameraIntrinsics(640, 480, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
-    else:
-        intr = CameraIntrinsics(640, 480, 585.0, 585.0, 320.0, 240.0)
+    intr = fixture_intrinsics()
     report = {"mode": "node", "config": {k: v for k, v in vars(args).items() if k != "func"},
               "frames_loaded": len(frames), "cpu_count": os.cpu_count(), "loadavg_before": loadavg(),
               "results": []}
@@ -371,11 +403,86 @@ def mode_node_one(args) -> int:
             print(f"drops ({r['pose_source']}): " + ", ".join(f"{k}={v}" for k, v in r["drops"].items()))
     print("(latencies in ms from the depth header stamp = wall clock at publish; "
           "CPU% of the node process, 100 = one core)")
+    print_stages(report["results"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"wrote {out}")
     return 0 if all(r.get("node_exit_code") == 0 for r in report["results"]) else 1
+
+
+# ================================================================== offline mode
+def mode_offline(args) -> int:
+    """The node's core without ROS: the same frames submitted in-process to a realtime
+    ``MappingSystem`` (the node's core defaults, ``pose_source`` track) at ``--rate`` for
+    ``--duration`` s; prints the same stage breakdown (``stats()``) as the node mode."""
+    from neural_mapping.ros.node_config import node_core_defaults
+    from neural_mapping.config import MappingConfig
+    from neural_mapping.system.mapping_system import MappingSystem
+    from neural_mapping.types import RGBDFrame
+    n = int(args.duration * args.rate)
+    frames = load_frames(DATA, min(n, args.max_frames))
+    intr = fixture_intrinsics()
+    cfg = MappingConfig.from_flat({"voxel_size_m": args.voxel, "pose_source": "track", "device": args.device,
+                                   **dict(kv.split("=", 1) for kv in args.set)}, node_core_defaults())
+    with MappingSystem(cfg) as system:
+        t0 = time.monotonic()
+        for k in range(n):
+            delay = t0 + k / args.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            depth, color, _ = frames[k % len(frames)]
+            system.submit(RGBDFrame(depth.astype(np.float32) * np.float32(1e-3), intr, color=color,
+                                    timestamp=k / args.rate, index=k))
+        t_pub = time.monotonic() - t0
+        system.flush(60)
+        st = system.stats()
+    r = {"pose_source": "track (offline)", "frames_processed_per_s": st.get("integrated", 0) / t_pub,
+         "poses_per_s": st.get("poses", 0) / t_pub, "stages_ms": stage_breakdown(st),
+         "latency_submit_to_pose_ms": {q: st.get(f"latency_pose_{q}_ms") for q in ("p50", "p95")}}
+    print(f"offline (no ROS), load avg {loadavg()}: {r['frames_processed_per_s']:.1f} frames mapped/s, "
+          f"{r['poses_per_s']:.1f} poses/s, submit -> pose p50/p95 "
+          f"{r['latency_submit_to_pose_ms']['p50']:.0f}/{r['latency_submit_to_pose_ms']['p95']:.0f} ms")
+    print_stages([r])
+    return 0
+
+
+# ================================================================= executor mode
+def mode_executor(args) -> int:
+    """Cost of one idle executor wake-up (``spin_once(timeout_sec=0)``: the wait set built and
+    checked in Python, as on every message and timer) of the mapping node, with rclpy's default
+    QoS-event handlers on its publishers and as the node creates them (without)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from neural_mapping.ros.node import MappingNode
+
+    class WithDefaultHandlers(MappingNode):
+        def create_publisher(self, *a, **kw):
+            return Node.create_publisher(self, *a, **kw)
+
+    rclpy.init(args=["bench", "--ros-args", "-p", "pose_source:=track", "-p",
+                     f"output_dir:={tempfile.mkdtemp(prefix='bench_ros_')}"], domain_id=random.randint(120, 220))
+    rows = []
+    for _ in range(args.reps):  # interleaved
+        for label, cls in (("default handlers", WithDefaultHandlers), ("node (outputs without)", MappingNode)):
+            node = cls()
+            ex = SingleThreadedExecutor()
+            ex.add_node(node)
+            for _ in range(50):
+                ex.spin_once(timeout_sec=0)
+            t0 = time.perf_counter()
+            for _ in range(args.spins):
+                ex.spin_once(timeout_sec=0)
+            rows.append((label, len(list(node.waitables)), (time.perf_counter() - t0) / args.spins * 1e3))
+            node.shutdown()
+            ex.shutdown()
+            node.destroy_node()
+    rclpy.try_shutdown()
+    print(f"{'publishers':<24} {'waitables':>9} {'ms per spin_once(0)':>20}   (load avg {loadavg()})")
+    for label, w, ms in rows:
+        print(f"{label:<24} {w:>9} {ms:>20.3f}")
+    return 0
 
 
 # ====================================================================== qos mode
@@ -522,8 +629,21 @@ def main(argv=None) -> int:
     pn.add_argument("--contention", type=int, nargs="+", default=[0],
                     help="busy-loop processes running beside the node (e.g. 0 2: without and "
                          "with both cores of a 2-core machine busy)")
+    pn.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a node parameter (-p NAME:=VALUE), e.g. --set mapping_thread_nice=5")
     pn.add_argument("--out", default=str(REPO / "bench" / "results" / "ros.json"))
     pn.set_defaults(func=mode_node)
+    po = sub.add_parser("offline", help="the same frames into MappingSystem in-process (no ROS)")
+    for a in ("--duration", "--rate", "--voxel"):
+        po.add_argument(a, type=float, default=pn.get_default(a.lstrip("-")))
+    po.add_argument("--device", default="cpu")
+    po.add_argument("--max-frames", type=int, default=500)
+    po.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    po.set_defaults(func=mode_offline)
+    pe = sub.add_parser("executor", help="the node's executor overhead per wake-up")
+    pe.add_argument("--spins", type=int, default=1000)
+    pe.add_argument("--reps", type=int, default=3)
+    pe.set_defaults(func=mode_executor)
     pq = sub.add_parser("qos", help="raw DDS delivery: best effort vs reliable, defaults vs SHM profile")
     pq.add_argument("--frames", type=int, default=60)
     pq.add_argument("--rate", type=float, default=10.0)

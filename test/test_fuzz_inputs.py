@@ -108,7 +108,7 @@ def _send_pending_on(n, color) -> None:
     past the int32 range, at a backward clock jump): a good frame older than the last mapped
     one would rightly be dropped as stale."""
     n.inputs._on_camera_info(conv.camera_info_msg(INTR, "camera", n.stamp))
-    pending = [s for q in (n.inputs._depths, n.inputs._colors) for s, _ in q]
+    pending = [s for q in (n.inputs._depths, n.inputs._colors) for s, *_ in q]
     color.header.stamp = conv.sec_to_stamp(max(pending + [0.0]) + 1.0)
     n.inputs._on_color(color)
     assert n.system.flush(timeout=30)

@@ -1,5 +1,7 @@
 """MappingSystem threads: ordering, bounded latency under overload, drops, shutdown, errors."""
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -357,3 +359,34 @@ def test_thread_free_step_is_what_the_threads_run(room):
     stepped = np.stack([mapper.register_frame(f).T_world_cam for f in room[:10]])
     assert mapper.frames_integrated == 10
     np.testing.assert_array_equal(stepped, threaded)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_mapping_thread_nice_lowers_only_the_mapping_thread():
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with MappingSystem(cfg(mapping_thread_nice=3)) as system:
+        system.submit(wall_frame(0))
+        system.flush(timeout=30)  # both threads have started and run
+        tracking, mapping = system._threads
+        nice = {t.name: os.getpriority(os.PRIO_PROCESS, t.native_id) for t in system._threads}
+        assert nice == {tracking.name: base, mapping.name: min(19, base + 3)}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the caller's thread is untouched
+
+
+def test_stats_break_a_frames_time_down_by_stage():
+    """Each stage's time (queues, compute, the threads' CPU time) is in stats() as p50/p95."""
+    with MappingSystem(cfg(sync_mode="realtime")) as system:
+        for i in range(3):
+            f = wall_frame(i)
+            system.submit_pose(f.timestamp, f.pose)
+            system.submit(f)
+            system.flush(timeout=30)
+        st = system.stats()
+    for stage in ("queue_frames", "track_cpu", "queue_map", "integrate", "map_cpu", "predict"):
+        if stage == "predict":  # external poses: no model view is rendered
+            assert "stage_predict_p50_ms" not in st
+            continue
+        p50, p95 = st[f"stage_{stage}_p50_ms"], st[f"stage_{stage}_p95_ms"]
+        assert 0 <= p50 <= p95 < 30e3, (stage, p50, p95)
+    # the mapping thread's CPU time is part of its integration's wall time
+    assert st["stage_map_cpu_p50_ms"] <= st["stage_integrate_p95_ms"] + 5

@@ -111,6 +111,12 @@ class SystemConfig:
         1, "torch intra-op threads for the process (0 = torch's default, one per core). 1 lets the "
         "tracking and mapping threads each use a core without oversubscribing: with 2 threads per "
         "op on 2 cores, ops slowed ~10x whenever anything else ran (measured).", lo=0, hi=256)
+    mapping_thread_nice: int = param(
+        0, "Niceness added to the mapping thread (Linux; needs no privileges; 0: the same priority "
+        "as the tracking thread). > 0: when the cores are busy the tracking thread runs first, so "
+        "poses keep their rate and latency and fusion takes the CPU time left (in realtime mode "
+        "frames it cannot fuse in time are dropped and counted).",
+        lo=0, hi=19)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from neural_mapping.ros import conversions as conv
 from neural_mapping.ros.tf_poses import PoseMount, TfPoses, image_input
 from neural_mapping.system.clock_guard import JUMP, STALE, ClockGuard
 from neural_mapping.system.mapping_system import WorkerError
+from neural_mapping.system.stage_times import StageTimes
 from neural_mapping.types import CameraIntrinsics, RGBDFrame
 
 RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
@@ -39,9 +40,6 @@ RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
 # config/fastdds_shm.xml (shared memory, 16 MB segments) on both ends.
 POSE_INPUT_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
-PENDING_DEPTH = 8      # depth images waiting for their color partner
-PENDING_COLOR = 8
-COLOR_SILENCE_S = 1.0  # no color for this long (wall clock): depth goes on alone
 PENDING_DEPTH = 8      # depth images waiting for their color partner
 PENDING_COLOR = 8
 COLOR_SILENCE_S = 1.0  # no color for this long (wall clock): depth goes on alone
@@ -69,6 +67,9 @@ class FrameInputs:
         self.camera_frame = node.ncfg.camera_frame  # else the depth header's frame_id
         # frame index -> depth stamp (s) until the frame is integrated (or known dropped)
         self._stamps: Dict[int, float] = {}
+        # before submit (diagnostics stage_*): depth stamp -> depth callback (transport, on the
+        # node's clock), decoding in the callbacks, depth callback -> submit (decode + pairing)
+        self.times = StageTimes(("transport", "decode_depth", "decode_color", "receive_to_submit"))
         ncfg = node.ncfg
         # frames into the map in stamp order; backward clock jumps (system/clock_guard.py)
         self.frame_clock = ClockGuard(ncfg.clock_jump_threshold_s)
@@ -135,9 +136,13 @@ class FrameInputs:
         self._pair()  # depth images may be waiting for their first camera_info
 
     def _on_depth(self, msg: Image) -> None:
+        t_recv = time.monotonic()
         decoded = self._decode(_stamped, self._depth_decode, msg)
         if decoded is None:
             return
+        self.times.add("decode_depth", time.monotonic() - t_recv)
+        self.times.add("transport", self.node.get_clock().now().nanoseconds * 1e-9 - decoded[0])
+        decoded = (*decoded, t_recv)
         if self.tf_poses is not None:
             self.tf_poses.request(msg.header)
         if not self.camera_frame and msg.header.frame_id:
@@ -159,9 +164,11 @@ class FrameInputs:
         self._pair()
 
     def _on_color(self, msg: Image) -> None:
+        t0 = time.monotonic()
         decoded = self._decode(_stamped, self._color_decode, msg)
         if decoded is None:
             return
+        self.times.add("decode_color", time.monotonic() - t0)
         with self._lock:
             self._last_color_wall = time.monotonic()
             self._colors.append(decoded)
@@ -180,7 +187,7 @@ class FrameInputs:
         with self._lock:
             color_alive = time.monotonic() - self._last_color_wall < COLOR_SILENCE_S
             while self._depths:
-                stamp, depth = self._depths[0]
+                stamp, depth, t_recv = self._depths[0]
                 best = None
                 for k, (cs, _) in enumerate(self._colors):
                     if abs(cs - stamp) <= tol and (best is None or abs(cs - stamp) < abs(self._colors[best][0] - stamp)):
@@ -192,20 +199,20 @@ class FrameInputs:
                         self.drops["color_unpaired"] += 1
                     self._colors.popleft()
                     self._depths.popleft()
-                    ready.append((stamp, depth, intr, color))
+                    ready.append((stamp, depth, intr, color, t_recv))
                     continue
                 newest_color = self._colors[-1][0] if self._colors else -np.inf
                 if not color_alive or newest_color > stamp + tol:
                     self._depths.popleft()  # its partner will not come: depth alone
                     if color_alive:
                         self.drops["color_unmatched_depth_used_alone"] += 1
-                    ready.append((stamp, depth, intr, None))
+                    ready.append((stamp, depth, intr, None, t_recv))
                     continue
                 break
-        for stamp, depth, intr, color in ready:
-            self._submit(stamp, depth, intr, color)
+        for stamp, depth, intr, color, t_recv in ready:
+            self._submit(stamp, depth, intr, color, t_recv)
 
-    def _submit(self, stamp, depth, intr, color) -> None:
+    def _submit(self, stamp, depth, intr, color, t_recv: float) -> None:
         if (intr.width, intr.height) != (depth.shape[1], depth.shape[0]):
             self._drop(conv.SIZE_MISMATCH,
                        f"depth image is {depth.shape[1]}x{depth.shape[0]} but depth/camera_info says "
@@ -235,6 +242,7 @@ class FrameInputs:
                 for k in sorted(self._stamps)[:len(self._stamps) - 2 * STAMPS_KEPT]:
                     del self._stamps[k]
         self._frame_index += 1
+        self.times.add("receive_to_submit", time.monotonic() - t_recv)
         try:
             self.system.submit(frame)  # realtime mode: never blocks, drops oldest
         except WorkerError:  # reported by ros/faults.py; the callback must not raise

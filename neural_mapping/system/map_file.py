@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -25,6 +26,21 @@ import numpy as np
 import torch
 
 MAP_FORMAT = "neural_mapping.map/2"
+
+
+@dataclass
+class MapSnapshot:
+    """A private copy of the map (``MappingSystem.snapshot()``) at map ``version``; ``field``
+    is a :class:`~neural_mapping.grid.field.VoxelField` owned by the reader."""
+
+    version: int
+    frames_integrated: int
+    field: Any
+
+    def mesh(self):
+        from neural_mapping.products.meshing import extract_mesh
+        return extract_mesh(self.field)
+
 # config fields a saved map's storage depends on: a map loads only where they agree
 STRUCTURE_FIELDS = ("backend", "voxel_size_m", "block_size_vox", "truncation_vox", "neural_mode",
                     "neural_coarse_spacing_vox", "neural_fine_spacing_vox", "neural_color_spacing_vox")

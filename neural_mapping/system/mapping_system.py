@@ -35,10 +35,12 @@ import torch
 
 from neural_mapping.config import MappingConfig
 from neural_mapping.grid.field import VoxelField
-from neural_mapping.system.map_file import copy_tensors, map_document, read_map_document, write_map_document
+from neural_mapping.system.map_file import (MapSnapshot, copy_tensors, map_document, read_map_document,
+                                            write_map_document)
 from neural_mapping.system.external_poses import ExternalPoses
 from neural_mapping.system.pose_policy import PoseResult
 from neural_mapping.system.queues import Closed, DropOldestQueue
+from neural_mapping.system.stage_times import StageTimes, lower_thread_priority, percentiles_ms
 from neural_mapping.system.step import Mapper, ModelPrediction, runtime_changes
 from neural_mapping.types import RGBDFrame
 
@@ -49,25 +51,13 @@ class WorkerError(RuntimeError):
 
 
 @dataclass
-class MapSnapshot:
-    """A private copy of the map (``MappingSystem.snapshot()``) at map ``version``."""
-
-    version: int
-    frames_integrated: int
-    field: VoxelField  # owned by the reader
-
-    def mesh(self):
-        from neural_mapping.products.meshing import extract_mesh
-        return extract_mesh(self.field)
-
-
-@dataclass
 class _Job:
     """A submitted frame on its way through the queues (the caller's frame is never modified)."""
 
     frame: RGBDFrame
     t_submit: float
     T_world_cam: Optional[np.ndarray] = None
+    t_tracked: float = 0.0  # when it entered the map queue
 
 
 class MappingSystem:
@@ -98,8 +88,10 @@ class MappingSystem:
         self._model_cond = threading.Condition()
         self._stats_lock = threading.Lock()
         self.counters: Dict[str, int] = collections.Counter()
-        self.latencies: Dict[str, Deque[float]] = {
-            "pose": collections.deque(maxlen=1000), "integrate": collections.deque(maxlen=1000)}
+        self.latencies = StageTimes(("pose", "integrate"))  # from submit
+        # time in each queue, and the threads' CPU time per frame (less than the stage's wall
+        # time when the thread waits for a core or the GIL)
+        self.stage_times = StageTimes(("queue_frames", "queue_map", "track_cpu", "map_cpu"))
         # every pose offline; the last trajectory_max_poses on a live robot
         self.trajectory: Deque[PoseResult] = collections.deque(
             maxlen=None if self.strict else cfg.system.trajectory_max_poses)
@@ -114,7 +106,8 @@ class MappingSystem:
                                       name="map", on_drop=self._on_map_drop)
         self._threads = [threading.Thread(target=self._guard, args=(self._tracking_loop,),
                                           name="nm-tracking", daemon=True),
-                         threading.Thread(target=self._guard, args=(self._mapping_loop,),
+                         threading.Thread(target=self._guard, args=(self._mapping_loop,
+                                                                    cfg.system.mapping_thread_nice),
                                           name="nm-mapping", daemon=True)]
         for t in self._threads:
             t.start()
@@ -264,11 +257,10 @@ class MappingSystem:
         out["queue_map"] = len(self._map_q)
         out["tracking_lost"] = self.mapper.policy.lost
         out.update(self.external_poses.buffer.drops_prefixed(), **self.mapper.bounds.stats())
-        for k, v in self.latencies.items():
-            if v:
-                arr = np.asarray(v)
-                out[f"latency_{k}_p50_ms"] = float(np.percentile(arr, 50) * 1e3)
-                out[f"latency_{k}_p95_ms"] = float(np.percentile(arr, 95) * 1e3)
+        out.update(self.latencies.percentiles("latency_"))
+        # where a frame's time goes: waiting in each queue, and each stage's compute time
+        out.update(self.stage_times.percentiles("stage_"))
+        out.update(percentiles_ms("stage_", self.mapper.timings))
         return out
 
     def close(self, timeout: float = 10.0) -> None:
@@ -294,7 +286,9 @@ class MappingSystem:
         self.close()
 
     # ============================================================ worker plumbing
-    def _guard(self, loop):
+    def _guard(self, loop, nice: int = 0):
+        if nice > 0:
+            lower_thread_priority(nice)
         try:
             loop()
         except Closed:
@@ -351,13 +345,15 @@ class MappingSystem:
             # poses are cheap, and a frame may briefly wait for its pose: keep the order then
             # (the bounded queue still drops the oldest under overload).
             job = self._frame_q.get(newest=not self.strict and self.pose_source != "external")
+            self.stage_times.add("queue_frames", time.monotonic() - job.t_submit)
             T_ext = None
             if self.pose_source != "track":
                 T_ext = self.external_poses.pose_for(job.frame, self.config.system.pose_wait_timeout_s)
                 if T_ext is None:
                     self._settle(-1)
                     continue
-            result = self.mapper.estimate_pose(job.frame, T_ext, self._model_for_tracking())
+            with self.stage_times.cpu("track_cpu"):
+                result = self.mapper.estimate_pose(job.frame, T_ext, self._model_for_tracking())
             self._publish_pose(job, result)
             if not result.ok:
                 self._settle(-1)
@@ -365,6 +361,7 @@ class MappingSystem:
             with self._model_cond:
                 self._frames_to_map += 1
             job.T_world_cam = result.T_world_cam
+            job.t_tracked = time.monotonic()
             self._map_q.put(job)
 
     def _model_for_tracking(self) -> Optional[ModelPrediction]:
@@ -406,7 +403,8 @@ class MappingSystem:
                 except BaseException as e:
                     fut.set_exception(e)
                 continue
-            with self.map_lock:
+            self.stage_times.add("queue_map", time.monotonic() - item.t_tracked)
+            with self.map_lock, self.stage_times.cpu("map_cpu"):
                 model = self.mapper.integrate(item.frame, item.T_world_cam)
             now = time.monotonic()
             self.latencies["integrate"].append(now - item.t_submit)

@@ -147,3 +147,20 @@ def align_weak_directions(P: Tensor, If: Tensor, T: np.ndarray, view, basis: np.
         if np.linalg.norm(xi[:3]) < 1e-5 and np.linalg.norm(xi[3:]) < 1e-5:
             break
     return T, pairs
+
+
+def photometric_normal_equations(P: Tensor, If: Tensor, T: np.ndarray, view, max_dz: float,
+                                 huber: float, min_grad: float):
+    """The photometric term's Gauss-Newton system at ``T`` (``T_ref_cam``) over all 6
+    directions ``xi = [t, w]`` (left update, as the ICP's): ``(H 6x6, b 6)`` float64 with
+    ``H = J W J^T``, ``b = J W r``, and the number of pairs used.  The tracker adds it, weighted,
+    to the point-to-plane system (joint cost)."""
+    K = view.intrinsics
+    R = torch.as_tensor(T[:3, :3], dtype=torch.float32, device=P.device)
+    t = torch.as_tensor(T[:3, 3:4], dtype=torch.float32, device=P.device)
+    r, J, w, _ = photometric_system(R @ P + t, If, view.intensity, view.grad_x, view.grad_y,
+                                    view.intensity_ok, view.depth_map, float(K.fx), float(K.fy),
+                                    float(K.cx), float(K.cy), float(max_dz), float(huber),
+                                    float(min_grad))
+    Jw = J * w
+    return (Jw @ J.T).double(), (Jw @ r).double(), int((w > 0).sum())

@@ -185,12 +185,20 @@ class Tracker:
         total_it = 0
         stats = None
         levels_info: List[tuple] = []
+        photo = None  # (points, intensities) of the joint photometric term (finest level)
+        w_photo = cfg.tracking_photometric_weight * cfg.tracking_photometric_point_stride
+        if cfg.tracking_photometric and w_photo > 0 and color is not None \
+                and view.intensity is not None:
+            photo = self._frame_intensities(L, color, intrinsics)
+        photo_pairs = 0
         for lvl, (iters, max_dist) in zip(pyr, self.levels):
             for _ in range(iters):
                 stats = self._step(lvl, T, view, max_dist)
                 total_it += 1
                 if stats is None:
                     break
+                if photo is not None and lvl is L:
+                    stats, photo_pairs = self._add_photometric(stats, photo, T, view, w_photo)
                 H, b, n_in, rss = stats
                 if not torch.isfinite(H).all() or not torch.isfinite(b).all():
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
@@ -214,9 +222,8 @@ class Tracker:
         H, b, n_in, rss = stats
         lever = _lever_m(L)
         ev, V, weak = weak_directions(H.cpu().numpy(), lever, cfg.tracking_degenerate_ratio)
-        photo_pairs = 0
-        if weak.any() and not weak.all() and cfg.tracking_photometric and color is not None \
-                and view.intensity is not None:
+        if photo is None and weak.any() and not weak.all() and cfg.tracking_photometric \
+                and color is not None and view.intensity is not None:
             T, photo_pairs = self._photometric(L, T, view, color, intrinsics,
                                                _scales(lever)[:, None] * V[:, weak])
         T_world_cam = orthonormalize(view.T_world_ref @ T)
@@ -263,16 +270,27 @@ class Tracker:
             return None
         return M[:6, :6], M[:6, 6], n_in, float(M[6, 6])
 
-    def _photometric(self, L: Level, T: np.ndarray, view: ModelView, color, intrinsics,
-                     basis: np.ndarray):
-        """Align the weak directions ``basis`` (6, k) by intensity (:mod:`.photometric`): the
-        frame's gray image, smoothed over a pyramid block, sampled at every
-        ``tracking_photometric_point_stride``-th point of level ``L`` (the finest)."""
-        from neural_mapping.tracking.photometric import align_weak_directions, gray
+    def _add_photometric(self, stats, photo, T: np.ndarray, view: ModelView, weight: float):
+        """Joint cost: the point-to-plane system ``stats`` plus ``weight`` times the photometric
+        one at ``T`` (:func:`~.photometric.photometric_normal_equations`)."""
+        from neural_mapping.tracking.photometric import photometric_normal_equations
+        H, b, n_in, rss = stats
+        Hp, bp, pairs = photometric_normal_equations(
+            photo[0], photo[1], T, view, self.config.tracking_max_dist_fine_m,
+            self.config.tracking_photometric_huber, 0.002)
+        if pairs < self.config.tracking_min_inliers:
+            return stats, pairs
+        return (H + weight * Hp.to(H.device), b + weight * bp.to(b.device), n_in, rss), pairs
+
+    def _frame_intensities(self, L: Level, color, intrinsics):
+        """``(points (3, m), gray (m))``: the frame's gray image, smoothed over a pyramid
+        block, at every ``tracking_photometric_point_stride``-th point of level ``L`` (the
+        finest); None when the color image does not match the depth."""
+        from neural_mapping.tracking.photometric import gray
         cfg = self.config
         g = gray(color).to(self.device)
         if tuple(g.shape) != (intrinsics.height, intrinsics.width):
-            return T, 0
+            return None
         f = max(1, intrinsics.width // cfg.tracking_width_px)
         g = torch.nn.functional.avg_pool2d(g[None, None], 2 * f + 1, 1, f,
                                            count_include_pad=False)[0, 0]
@@ -280,7 +298,19 @@ class Tracker:
         z = P[2].clamp(min=1e-3)
         u = torch.round(P[0] / z * intrinsics.fx + intrinsics.cx).long().clamp(0, intrinsics.width - 1)
         v = torch.round(P[1] / z * intrinsics.fy + intrinsics.cy).long().clamp(0, intrinsics.height - 1)
-        If = g[v, u]
+        return P, g[v, u]
+
+    def _photometric(self, L: Level, T: np.ndarray, view: ModelView, color, intrinsics,
+                     basis: np.ndarray):
+        """Align the weak directions ``basis`` (6, k) by intensity only (:mod:`.photometric`;
+        used when the joint term is off): the frame's points and intensities from
+        :meth:`_frame_intensities`."""
+        from neural_mapping.tracking.photometric import align_weak_directions
+        cfg = self.config
+        frame = self._frame_intensities(L, color, intrinsics)
+        if frame is None:
+            return T, 0
+        P, If = frame
         return align_weak_directions(P, If, T, view, basis, cfg.tracking_photometric_iterations,
                                      cfg.tracking_max_dist_fine_m, cfg.tracking_photometric_huber,
                                      0.002, cfg.tracking_min_inliers)

@@ -184,7 +184,7 @@ class TrackingConfig:
         4, "The photometric alignment uses every n-th point of the finest pyramid level.",
         lo=1, hi=64)
     tracking_photometric_weight: float = param(
-        0.0, "Joint cost on the finest pyramid level: the photometric system (gray 0..1 residuals, "
+        1e-4, "Joint cost on the finest pyramid level: the photometric system (gray 0..1 residuals, "
         "all 6 directions) is added to the point-to-plane one with this weight per point "
         "((sigma_depth / sigma_intensity)^2; 0 = photometric only in the weak directions, after ICP).",
         unit="m^2", lo=0.0, hi=1e3)

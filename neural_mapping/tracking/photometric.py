@@ -34,6 +34,26 @@ def gray(color) -> Tensor:
     return c.to(torch.float32).mean(-1) / 255.0
 
 
+def _sample_gray(color: Tensor, P: Tensor, fx: float, fy: float, cx: float, cy: float,
+                 step: int) -> Tensor:
+    """Gray (0..1) of the ``(H, W, 3)`` color image at the projections of the points ``P``
+    ``(3, n)``: the mean of 3x3 taps ``step`` pixels apart (clamped at the border)."""
+    H, W = color.shape[0], color.shape[1]
+    flat = color.reshape(H * W, color.shape[2])
+    z = P[2].clamp(min=1e-3)
+    u = torch.round(P[0] / z * fx + cx).long()
+    v = torch.round(P[1] / z * fy + cy).long()
+    acc = torch.zeros(P.shape[1], dtype=torch.float32, device=P.device)
+    for dv in (-step, 0, step):
+        vv = (v + dv).clamp(0, H - 1) * W
+        for du in (-step, 0, step):
+            acc += flat[vv + (u + du).clamp(0, W - 1)].to(torch.float32).sum(1)
+    return acc / (9.0 * color.shape[2] * 255.0)
+
+
+sample_gray = kernels.script(_sample_gray)
+
+
 def model_gradients(I: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """``(I, gx, gy, ok)`` of a model gray image: central differences in pixels; ``ok`` where
     the pixel and its four neighbours are valid."""

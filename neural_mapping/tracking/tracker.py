@@ -283,22 +283,19 @@ class Tracker:
         return (H + weight * Hp.to(H.device), b + weight * bp.to(b.device), n_in, rss), pairs
 
     def _frame_intensities(self, L: Level, color, intrinsics):
-        """``(points (3, m), gray (m))``: the frame's gray image, smoothed over a pyramid
-        block, at every ``tracking_photometric_point_stride``-th point of level ``L`` (the
-        finest); None when the color image does not match the depth."""
-        from neural_mapping.tracking.photometric import gray
+        """``(points (3, m), gray (m))``: every ``tracking_photometric_point_stride``-th point
+        of level ``L`` (the finest) and the frame's gray value there, averaged over 3x3 taps a
+        pyramid block apart (:func:`~.photometric.sample_gray`: only the sampled pixels are
+        read); None when the color image does not match the depth."""
+        from neural_mapping.tracking.photometric import sample_gray
         cfg = self.config
-        g = gray(color).to(self.device)
-        if tuple(g.shape) != (intrinsics.height, intrinsics.width):
+        c = torch.as_tensor(np.asarray(color)) if not isinstance(color, torch.Tensor) else color
+        if tuple(c.shape[:2]) != (intrinsics.height, intrinsics.width) or c.dim() != 3:
             return None
-        f = max(1, intrinsics.width // cfg.tracking_width_px)
-        g = torch.nn.functional.avg_pool2d(g[None, None], 2 * f + 1, 1, f,
-                                           count_include_pad=False)[0, 0]
         P = L.P[:, :L.n:cfg.tracking_photometric_point_stride]
-        z = P[2].clamp(min=1e-3)
-        u = torch.round(P[0] / z * intrinsics.fx + intrinsics.cx).long().clamp(0, intrinsics.width - 1)
-        v = torch.round(P[1] / z * intrinsics.fy + intrinsics.cy).long().clamp(0, intrinsics.height - 1)
-        return P, g[v, u]
+        f = max(1, intrinsics.width // cfg.tracking_width_px)
+        return P, sample_gray(c.to(self.device), P, float(intrinsics.fx), float(intrinsics.fy),
+                              float(intrinsics.cx), float(intrinsics.cy), f)
 
     def _photometric(self, L: Level, T: np.ndarray, view: ModelView, color, intrinsics,
                      basis: np.ndarray):

@@ -188,6 +188,10 @@ class TrackingConfig:
         "all 6 directions) is added to the point-to-plane one with this weight per point "
         "((sigma_depth / sigma_intensity)^2; 0 = photometric only in the weak directions, after ICP).",
         unit="m^2", lo=0.0, hi=1e3)
+    tracking_photometric_soft_ratio: float = param(
+        0.0, "The joint photometric term acts in the geometric system's eigen-directions with the "
+        "factor 1 / (1 + eigenvalue / (this * largest eigenvalue)): ~1 where depth is weak, ~0 "
+        "where it is strong (0 = all six directions at full weight).", lo=0.0, hi=1.0)
     tracking_photometric_huber: float = param(
         0.1, "Huber threshold on intensity residuals (gray 0..1).", unit="intensity", lo=1e-4, hi=1.0)
     tracking_min_inlier_ratio_vs_recent: float = param(

@@ -189,7 +189,7 @@ class Tracker:
         w_photo = cfg.tracking_photometric_weight * cfg.tracking_photometric_point_stride
         if cfg.tracking_photometric and w_photo > 0 and color is not None \
                 and view.intensity is not None:
-            photo = self._frame_intensities(L, color, intrinsics)
+            photo = [lambda: self._frame_intensities(L, color, intrinsics), None]
         photo_pairs = 0
         for lvl, (iters, max_dist) in zip(pyr, self.levels):
             for _ in range(iters):
@@ -198,7 +198,7 @@ class Tracker:
                 if stats is None:
                     break
                 if photo is not None and lvl is L:
-                    stats, photo_pairs = self._add_photometric(stats, photo, T, view, w_photo)
+                    stats, photo_pairs = self._add_photometric(stats, photo, T, view, w_photo, L)
                 H, b, n_in, rss = stats
                 if not torch.isfinite(H).all() or not torch.isfinite(b).all():
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
@@ -270,17 +270,42 @@ class Tracker:
             return None
         return M[:6, :6], M[:6, 6], n_in, float(M[6, 6])
 
-    def _add_photometric(self, stats, photo, T: np.ndarray, view: ModelView, weight: float):
+    def _add_photometric(self, stats, photo, T: np.ndarray, view: ModelView, weight: float,
+                         L: Level):
         """Joint cost: the point-to-plane system ``stats`` plus ``weight`` times the photometric
-        one at ``T`` (:func:`~.photometric.photometric_normal_equations`)."""
+        one at ``T`` (:func:`~.photometric.photometric_normal_equations`), seen through the
+        soft projector ``S = V diag(1 / (1 + ev_i / (c ev_max))) V^T`` of the geometric
+        system's (depth-normalised) eigen-directions, ``c`` = ``tracking_photometric_soft_ratio``
+        (0: all six directions): the intensity term acts where depth is weak, smoothly.
+        """
         from neural_mapping.tracking.photometric import photometric_normal_equations
         H, b, n_in, rss = stats
+        c = self.config.tracking_photometric_soft_ratio
+        if c > 0:
+            s = _scales(_lever_m(L))
+            ev, V, _ = weak_directions(H.cpu().numpy(), _lever_m(L), 0.0)
+            if not np.all(np.isfinite(ev)) or ev[-1] <= 0:
+                return stats, 0
+            soft = 1.0 / (1.0 + np.maximum(ev, 0.0) / (c * ev[-1]))
+            if soft.max() < 0.01:  # depth constrains every direction: the term would not count
+                return stats, 0
+        if callable(photo[0]):  # frame intensities sampled on first use
+            photo[:] = photo[0]() or (None, None)
+        if photo[0] is None:
+            return stats, 0
         Hp, bp, pairs = photometric_normal_equations(
             photo[0], photo[1], T, view, self.config.tracking_max_dist_fine_m,
             self.config.tracking_photometric_huber, 0.002)
         if pairs < self.config.tracking_min_inliers:
             return stats, pairs
-        return (H + weight * Hp.to(H.device), b + weight * bp.to(b.device), n_in, rss), pairs
+        Hp, bp = Hp.cpu().numpy(), bp.cpu().numpy()
+        if c > 0:
+            S = (V * soft) @ V.T  # soft projector, depth-normalised coordinates
+            Hp = (S @ (Hp * s[:, None] * s[None, :]) @ S) / s[:, None] / s[None, :]
+            bp = (S @ (s * bp)) / s
+        Hp = torch.as_tensor(Hp, dtype=H.dtype, device=H.device)
+        bp = torch.as_tensor(bp, dtype=b.dtype, device=b.device)
+        return (H + weight * Hp, b + weight * bp, n_in, rss), pairs
 
     def _frame_intensities(self, L: Level, color, intrinsics):
         """``(points (3, m), gray (m))``: every ``tracking_photometric_point_stride``-th point

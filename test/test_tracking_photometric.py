@@ -125,7 +125,7 @@ def test_wall_floor_pair_joint_cost_recovers_the_motion(wall_floor):
     joint = _tracker(tracking_iterations_fine=10).track(f1, view, T_init)
     e_joint = g.pose_distance(joint.T_world_cam, f1.pose)[0]
     assert e_joint < 0.002, (e_joint, joint.info())
-    assert joint.photometric_pairs > 1000
+    assert joint.photometric_pairs > 300
     np.testing.assert_array_equal(no_color.T_world_cam, depth_only.T_world_cam)  # no color: geometry
     assert math.degrees(g.pose_distance(joint.T_world_cam, f1.pose)[1]) < 0.2
 
@@ -171,7 +171,7 @@ def test_corridor_pair_depth_only_slides_joint_recovers(corridor, k):
     assert math.degrees(r_depth) < 0.1  # the geometry fixes the rotation...
     assert e_joint < 0.005, (e_joint, joint.info())  # ...the intensity the slide
     assert math.degrees(r_joint) < 0.1
-    assert joint.photometric_pairs > 1000 and joint.weak_directions == 0
+    assert joint.photometric_pairs > 300 and joint.weak_directions == 0
     np.testing.assert_array_equal(no_color.T_world_cam, depth_only.T_world_cam)
 
 

@@ -1,4 +1,7 @@
-"""Photometric alignment in the directions depth geometry leaves weak.
+"""Photometric term of the tracker: the joint cost's intensity system
+(:func:`photometric_normal_equations`, added to the point-to-plane system by the tracker) and
+the older intensity-only alignment of the weak directions (:func:`align_weak_directions`,
+used with ``tracking_photometric_weight: 0``).
 
 When the point-to-plane system has weak directions (a wall and the floor leave the
 translation along their common line free; :func:`~neural_mapping.tracking.tracker.weak_directions`),

@@ -18,9 +18,12 @@ Pipeline of :meth:`Tracker.track`
        their well-constrained eigen-directions only (weak ones, below
        ``tracking_degenerate_ratio`` of the largest eigenvalue, keep the initial guess, i.e.
        the motion prior; with ``prior_weight`` the initial guess is a prior in the cost
-       instead), and the pose is updated on the left, ``T <- exp(xi) T``.  Weak directions
-       left after the finest level are then aligned by intensity against the model view's
-       rendered color (:mod:`neural_mapping.tracking.photometric`).  A level stops when the
+       instead), and the pose is updated on the left, ``T <- exp(xi) T``.  On the finest
+       level the cost is joint: the photometric system against the model view's rendered
+       color (:mod:`neural_mapping.tracking.photometric`) is added with
+       ``tracking_photometric_weight`` through a soft projector on the geometric system's
+       weak eigen-directions (``tracking_photometric_soft_ratio``; weight 0: the old
+       intensity-only alignment of the weak directions after ICP).  A level stops when the
        update is below ``tracking_eps_trans_m`` / ``tracking_eps_rot_rad``.
     4. Failure detection -> ``TrackResult(ok=False, reason=...)`` and the estimate is
        discarded (the caller keeps its pose and must not integrate the frame):

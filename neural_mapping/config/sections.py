@@ -190,7 +190,7 @@ class TrackingConfig:
         "((sigma_depth / sigma_intensity)^2; 0 = photometric only in the weak directions, after ICP).",
         unit="m^2", lo=0.0, hi=1e3)
     tracking_photometric_soft_ratio: float = param(
-        1e-3, "The joint photometric term acts in the geometric system's eigen-directions with the "
+        3e-4, "The joint photometric term acts in the geometric system's eigen-directions with the "
         "factor 1 / (1 + eigenvalue / (this * largest eigenvalue)): ~1 where depth is weak, ~0 "
         "where it is strong (0 = all six directions at full weight).", lo=0.0, hi=1.0)
     tracking_photometric_huber: float = param(

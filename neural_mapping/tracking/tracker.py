@@ -290,7 +290,7 @@ class Tracker:
             if not np.all(np.isfinite(ev)) or ev[-1] <= 0:
                 return stats, 0
             soft = 1.0 / (1.0 + np.maximum(ev, 0.0) / (c * ev[-1]))
-            if soft.max() < 0.01:  # depth constrains every direction: the term would not count
+            if soft.max() < 0.1:  # depth constrains every direction: the term would count < 10 %
                 return stats, 0
         if callable(photo[0]):  # frame intensities sampled on first use
             photo[:] = photo[0]() or (None, None)

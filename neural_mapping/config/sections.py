@@ -197,8 +197,18 @@ class TrackingConfig:
         10, "Gauss-Newton iterations of the photometric alignment in the weak directions.",
         unit="iterations", lo=1, hi=100)
     tracking_photometric_point_stride: int = param(
-        4, "The photometric alignment uses every n-th point of the finest pyramid level.",
+        16, "The photometric term uses every n-th point of the finest pyramid level (about one per "
+        "model-view pixel).",
         lo=1, hi=64)
+    tracking_photometric_weight: float = param(
+        1e-3, "Joint cost on the finest pyramid level: the photometric system (gray 0..1 residuals, "
+        "6 directions, see tracking_photometric_soft_ratio) is added to the point-to-plane one with this weight per point "
+        "((sigma_depth / sigma_intensity)^2; 0 = photometric only in the weak directions, after ICP).",
+        unit="m^2", lo=0.0, hi=1e3)
+    tracking_photometric_soft_ratio: float = param(
+        3e-4, "The joint photometric term acts in the geometric system's eigen-directions with the "
+        "factor 1 / (1 + eigenvalue / (this * largest eigenvalue)): ~1 where depth is weak, ~0 "
+        "where it is strong (0 = all six directions at full weight).", lo=0.0, hi=1.0)
     tracking_photometric_huber: float = param(
         0.1, "Huber threshold on intensity residuals (gray 0..1).", unit="intensity", lo=1e-4, hi=1.0)
     tracking_min_inlier_ratio_vs_recent: float = param(

@@ -1,4 +1,7 @@
-"""Photometric alignment in the directions depth geometry leaves weak.
+"""Photometric term of the tracker: the joint cost's intensity system
+(:func:`photometric_normal_equations`, added to the point-to-plane system by the tracker) and
+the older intensity-only alignment of the weak directions (:func:`align_weak_directions`,
+used with ``tracking_photometric_weight: 0``).
 
 When the point-to-plane system has weak directions (a wall and the floor leave the
 translation along their common line free; :func:`~neural_mapping.tracking.tracker.weak_directions`),
@@ -32,6 +35,26 @@ def gray(color) -> Tensor:
     0..255)."""
     c = torch.as_tensor(np.asarray(color)) if not isinstance(color, Tensor) else color
     return c.to(torch.float32).mean(-1) / 255.0
+
+
+def _sample_gray(color: Tensor, P: Tensor, fx: float, fy: float, cx: float, cy: float,
+                 step: int) -> Tensor:
+    """Gray (0..1) of the ``(H, W, 3)`` color image at the projections of the points ``P``
+    ``(3, n)``: the mean of 3x3 taps ``step`` pixels apart (clamped at the border)."""
+    H, W = color.shape[0], color.shape[1]
+    flat = color.reshape(H * W, color.shape[2])
+    z = P[2].clamp(min=1e-3)
+    u = torch.round(P[0] / z * fx + cx).long()
+    v = torch.round(P[1] / z * fy + cy).long()
+    acc = torch.zeros(P.shape[1], dtype=torch.float32, device=P.device)
+    for dv in (-step, 0, step):
+        vv = (v + dv).clamp(0, H - 1) * W
+        for du in (-step, 0, step):
+            acc += flat[vv + (u + du).clamp(0, W - 1)].to(torch.float32).sum(1)
+    return acc / (9.0 * color.shape[2] * 255.0)
+
+
+sample_gray = kernels.script(_sample_gray)
 
 
 def model_gradients(I: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -147,3 +170,20 @@ def align_weak_directions(P: Tensor, If: Tensor, T: np.ndarray, view, basis: np.
         if np.linalg.norm(xi[:3]) < 1e-5 and np.linalg.norm(xi[3:]) < 1e-5:
             break
     return T, pairs
+
+
+def photometric_normal_equations(P: Tensor, If: Tensor, T: np.ndarray, view, max_dz: float,
+                                 huber: float, min_grad: float):
+    """The photometric term's Gauss-Newton system at ``T`` (``T_ref_cam``) over all 6
+    directions ``xi = [t, w]`` (left update, as the ICP's): ``(H 6x6, b 6)`` float64 with
+    ``H = J W J^T``, ``b = J W r``, and the number of pairs used.  The tracker adds it, weighted,
+    to the point-to-plane system (joint cost)."""
+    K = view.intrinsics
+    R = torch.as_tensor(T[:3, :3], dtype=torch.float32, device=P.device)
+    t = torch.as_tensor(T[:3, 3:4], dtype=torch.float32, device=P.device)
+    r, J, w, _ = photometric_system(R @ P + t, If, view.intensity, view.grad_x, view.grad_y,
+                                    view.intensity_ok, view.depth_map, float(K.fx), float(K.fy),
+                                    float(K.cx), float(K.cy), float(max_dz), float(huber),
+                                    float(min_grad))
+    Jw = J * w
+    return (Jw @ J.T).double(), (Jw @ r).double(), int((w > 0).sum())

@@ -18,9 +18,12 @@ Pipeline of :meth:`Tracker.track`
        their well-constrained eigen-directions only (weak ones, below
        ``tracking_degenerate_ratio`` of the largest eigenvalue, keep the initial guess, i.e.
        the motion prior; with ``prior_weight`` the initial guess is a prior in the cost
-       instead), and the pose is updated on the left, ``T <- exp(xi) T``.  Weak directions
-       left after the finest level are then aligned by intensity against the model view's
-       rendered color (:mod:`neural_mapping.tracking.photometric`).  A level stops when the
+       instead), and the pose is updated on the left, ``T <- exp(xi) T``.  On the finest
+       level the cost is joint: the photometric system against the model view's rendered
+       color (:mod:`neural_mapping.tracking.photometric`) is added with
+       ``tracking_photometric_weight`` through a soft projector on the geometric system's
+       weak eigen-directions (``tracking_photometric_soft_ratio``; weight 0: the old
+       intensity-only alignment of the weak directions after ICP).  A level stops when the
        update is below ``tracking_eps_trans_m`` / ``tracking_eps_rot_rad``.
     4. Failure detection -> ``TrackResult(ok=False, reason=...)`` and the estimate is
        discarded (the caller keeps its pose and must not integrate the frame):
@@ -193,12 +196,20 @@ class Tracker:
         total_it = 0
         stats = None
         levels_info: List[tuple] = []
+        photo = None  # (points, intensities) of the joint photometric term (finest level)
+        w_photo = cfg.tracking_photometric_weight * cfg.tracking_photometric_point_stride
+        if cfg.tracking_photometric and w_photo > 0 and color is not None \
+                and view.intensity is not None:
+            photo = [lambda: self._frame_intensities(L, color, intrinsics), None]
+        photo_pairs = 0
         for lvl, (iters, max_dist) in zip(pyr, self.levels):
             for _ in range(iters):
                 stats = self._step(lvl, T, view, max_dist)
                 total_it += 1
                 if stats is None:
                     break
+                if photo is not None and lvl is L:
+                    stats, photo_pairs = self._add_photometric(stats, photo, T, view, w_photo, L)
                 H, b, n_in, rss = stats
                 if not torch.isfinite(H).all() or not torch.isfinite(b).all():
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
@@ -222,9 +233,8 @@ class Tracker:
         H, b, n_in, rss = stats
         lever = _lever_m(L)
         ev, V, weak = weak_directions(H.cpu().numpy(), lever, cfg.tracking_degenerate_ratio)
-        photo_pairs = 0
-        if weak.any() and not weak.all() and cfg.tracking_photometric and color is not None \
-                and view.intensity is not None:
+        if photo is None and weak.any() and not weak.all() and cfg.tracking_photometric \
+                and color is not None and view.intensity is not None:
             T, photo_pairs = self._photometric(L, T, view, color, intrinsics,
                                                _scales(lever)[:, None] * V[:, weak])
         T_world_cam = orthonormalize(view.T_world_ref @ T)
@@ -272,24 +282,69 @@ class Tracker:
             return None
         return M[:6, :6], M[:6, 6], n_in, float(M[6, 6])
 
+    def _add_photometric(self, stats, photo, T: np.ndarray, view: ModelView, weight: float,
+                         L: Level):
+        """Joint cost: the point-to-plane system ``stats`` plus ``weight`` times the photometric
+        one at ``T`` (:func:`~.photometric.photometric_normal_equations`), seen through the
+        soft projector ``S = V diag(1 / (1 + ev_i / (c ev_max))) V^T`` of the geometric
+        system's (depth-normalised) eigen-directions, ``c`` = ``tracking_photometric_soft_ratio``
+        (0: all six directions): the intensity term acts where depth is weak, smoothly.
+        """
+        from neural_mapping.tracking.photometric import photometric_normal_equations
+        H, b, n_in, rss = stats
+        c = self.config.tracking_photometric_soft_ratio
+        if c > 0:
+            s = _scales(_lever_m(L))
+            ev, V, _ = weak_directions(H.cpu().numpy(), _lever_m(L), 0.0)
+            if not np.all(np.isfinite(ev)) or ev[-1] <= 0:
+                return stats, 0
+            soft = 1.0 / (1.0 + np.maximum(ev, 0.0) / (c * ev[-1]))
+            if soft.max() < 0.1:  # depth constrains every direction: the term would count < 10 %
+                return stats, 0
+        if callable(photo[0]):  # frame intensities sampled on first use
+            photo[:] = photo[0]() or (None, None)
+        if photo[0] is None:
+            return stats, 0
+        Hp, bp, pairs = photometric_normal_equations(
+            photo[0], photo[1], T, view, self.config.tracking_max_dist_fine_m,
+            self.config.tracking_photometric_huber, 0.002)
+        if pairs < self.config.tracking_min_inliers:
+            return stats, pairs
+        Hp, bp = Hp.cpu().numpy(), bp.cpu().numpy()
+        if c > 0:
+            S = (V * soft) @ V.T  # soft projector, depth-normalised coordinates
+            Hp = (S @ (Hp * s[:, None] * s[None, :]) @ S) / s[:, None] / s[None, :]
+            bp = (S @ (s * bp)) / s
+        Hp = torch.as_tensor(Hp, dtype=H.dtype, device=H.device)
+        bp = torch.as_tensor(bp, dtype=b.dtype, device=b.device)
+        return (H + weight * Hp, b + weight * bp, n_in, rss), pairs
+
+    def _frame_intensities(self, L: Level, color, intrinsics):
+        """``(points (3, m), gray (m))``: every ``tracking_photometric_point_stride``-th point
+        of level ``L`` (the finest) and the frame's gray value there, averaged over 3x3 taps a
+        pyramid block apart (:func:`~.photometric.sample_gray`: only the sampled pixels are
+        read); None when the color image does not match the depth."""
+        from neural_mapping.tracking.photometric import sample_gray
+        cfg = self.config
+        c = torch.as_tensor(np.asarray(color)) if not isinstance(color, torch.Tensor) else color
+        if tuple(c.shape[:2]) != (intrinsics.height, intrinsics.width) or c.dim() != 3:
+            return None
+        P = L.P[:, :L.n:cfg.tracking_photometric_point_stride]
+        f = max(1, intrinsics.width // cfg.tracking_width_px)
+        return P, sample_gray(c.to(self.device), P, float(intrinsics.fx), float(intrinsics.fy),
+                              float(intrinsics.cx), float(intrinsics.cy), f)
+
     def _photometric(self, L: Level, T: np.ndarray, view: ModelView, color, intrinsics,
                      basis: np.ndarray):
-        """Align the weak directions ``basis`` (6, k) by intensity (:mod:`.photometric`): the
-        frame's gray image, smoothed over a pyramid block, sampled at every
-        ``tracking_photometric_point_stride``-th point of level ``L`` (the finest)."""
-        from neural_mapping.tracking.photometric import align_weak_directions, gray
+        """Align the weak directions ``basis`` (6, k) by intensity only (:mod:`.photometric`;
+        used when the joint term is off): the frame's points and intensities from
+        :meth:`_frame_intensities`."""
+        from neural_mapping.tracking.photometric import align_weak_directions
         cfg = self.config
-        g = gray(color).to(self.device)
-        if tuple(g.shape) != (intrinsics.height, intrinsics.width):
+        frame = self._frame_intensities(L, color, intrinsics)
+        if frame is None:
             return T, 0
-        f = max(1, intrinsics.width // cfg.tracking_width_px)
-        g = torch.nn.functional.avg_pool2d(g[None, None], 2 * f + 1, 1, f,
-                                           count_include_pad=False)[0, 0]
-        P = L.P[:, :L.n:cfg.tracking_photometric_point_stride]
-        z = P[2].clamp(min=1e-3)
-        u = torch.round(P[0] / z * intrinsics.fx + intrinsics.cx).long().clamp(0, intrinsics.width - 1)
-        v = torch.round(P[1] / z * intrinsics.fy + intrinsics.cy).long().clamp(0, intrinsics.height - 1)
-        If = g[v, u]
+        P, If = frame
         return align_weak_directions(P, If, T, view, basis, cfg.tracking_photometric_iterations,
                                      cfg.tracking_max_dist_fine_m, cfg.tracking_photometric_huber,
                                      0.002, cfg.tracking_min_inliers)

@@ -34,7 +34,7 @@ def h(tmp_path_factory):
         h.stop_and_check()
 
 
-def _good(h):
+def _good(h, timeout_s: float = 30.0):
     """A good frame (pose, camera_info, color, depth) and wait until it is mapped."""
     pd, pi, pc, pp = h.pubs("reliable")
     h.t += 0.1
@@ -48,7 +48,7 @@ def _good(h):
     pd.publish(conv.image_msg(d, "32FC1", stamp=h.t, frame_id="camera"))
     h.good += 1
     key = round(h.t, 6)
-    assert h.spin_until(lambda: key in h.pose_stamps, 30), (trn.last_diag(h.diags), h.logs()[-3000:])
+    assert h.spin_until(lambda: key in h.pose_stamps, timeout_s), (trn.last_diag(h.diags), h.logs()[-3000:])
 
 
 @settings(max_examples=N_BAD, deadline=None, derandomize=True, database=None,
@@ -69,6 +69,10 @@ def test_node_alive_counts_reasons_and_maps_good_frames(h):
     # Let the fuzz still in flight reach the node first: a late fuzzed pose stamped before the
     # good frame's (a clock jump back) clears the pose history by design and orphans that frame.
     h.spin_until(lambda: h.proc.poll() is not None, 3.0)
+    try:  # one resync frame may be lost to a clock jump back (counted in clock_jumps)
+        _good(h, timeout_s=5.0)
+    except AssertionError:
+        pass
     for _ in range(3):
         _good(h)
     d = h.diag_after(lambda d: trn.dget(d, "queue_map") == 0 and trn.dget(d, "queue_frames") == 0)

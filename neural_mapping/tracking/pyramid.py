@@ -75,12 +75,15 @@ def normal_map(V: torch.Tensor, d: torch.Tensor, max_rel_jump: float = 0.05) -> 
 
 class Level:
     """Frame points of one pyramid level, SoA ``(3, n)`` padded to a multiple of :data:`CHUNK`
-    (padding points have z = 0 and never associate); ``A`` is the ICP kernel's scratch."""
+    (padding points have z = 0 and never associate); ``A`` is the ICP kernel's scratch;
+    ``lever_m`` the points' mean depth, the lever arm that makes rotations comparable to
+    translations in the normal equations."""
 
     def __init__(self, P: torch.Tensor, N: torch.Tensor, n: int):
         self.P, self.N, self.n = P, N, n
         self.fx_sensor = 1.0
         self.A = torch.empty((7, P.shape[1]), dtype=P.dtype, device=P.device)
+        self.lever_m = float(P[2, :n].mean()) if n else 1.0
 
 
 def _points(d: torch.Tensor, K: CameraIntrinsics, stride: int) -> Level:

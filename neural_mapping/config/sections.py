@@ -136,8 +136,10 @@ class TrackingConfig:
                                    "the pyramid (640 -> 320).", unit="px", lo=32, hi=4096)
     tracking_model_width_px: int = param(80, "Width of the raycast of the map that frames are "
                                          "aligned to (the model view).", unit="px", lo=32, hi=4096)
-    tracking_point_stride: int = param(1, "Use every n-th valid pixel of the finest pyramid level "
-                                       "(its iterations dominate the tracking time).", lo=1, hi=64)
+    tracking_point_stride: int = param(2, "Use every n-th valid pixel of the finest pyramid level "
+                                       "(its iterations dominate the tracking time; 2 halves them "
+                                       "at the same ATE as 1 on our real and synthetic sequences, "
+                                       "bench/bench_tracking.py --point-stride).", lo=1, hi=64)
     tracking_iterations_coarse: int = param(
         6, "Gauss-Newton iterations on the coarsest pyramid level (a quarter of "
         "tracking_width_px; 0 = skip the level).", unit="iterations", lo=0, hi=100)

@@ -94,12 +94,9 @@ def _points(d: torch.Tensor, K: CameraIntrinsics, stride: int) -> Level:
         m = m[::stride]
     n = int(m.numel())
     npad = max(CHUNK, -(-n // CHUNK) * CHUNK)
-    P = torch.zeros((3, npad), dtype=d.dtype, device=d.device)
-    Nf = torch.zeros((3, npad), dtype=d.dtype, device=d.device)
-    for i, (x, nrm) in enumerate(zip(X, (nx, ny, nz))):
-        P[i, :n] = x.reshape(-1)[m]
-        Nf[i, :n] = nrm.reshape(-1)[m]
-    return Level(P, Nf, n)
+    PN = torch.zeros((6, npad), dtype=d.dtype, device=d.device)  # one gather for all six rows
+    PN[:, :n] = torch.stack((X[0], X[1], X[2], nx, ny, nz)).reshape(6, -1).index_select(1, m)
+    return Level(PN[:3], PN[3:], n)
 
 
 def build_pyramid(d: torch.Tensor, intrinsics: CameraIntrinsics, base_width: int,

@@ -3,8 +3,9 @@
 
 ``node`` (default): the mapping node runs as a subprocess (``python -m
 neural_mapping.ros.node``) in its own ROS domain; this process publishes the real
-7-Scenes fixture (``../shared/data/7scenes_redkitchen``, frames looped when the run is
-longer than the sequence) as depth 16UC1 + color rgb8 + CameraInfo + PoseStamped (ground
+7-Scenes fixture (``../shared/data/7scenes_redkitchen``; a run longer than the sequence
+plays it forth and back, 0..499..0, so the camera path stays continuous: a jump back to frame
+0 would make track mode relocalise instead of track) as depth 16UC1 + color rgb8 + CameraInfo + PoseStamped (ground
 truth) at ``--rate`` Hz for ``--duration`` s, with every header stamp set to the wall
 clock at publish time.  Reported per ``--pose-source``:
 
@@ -217,7 +218,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
                 time.sleep(delay)
             else:
                 late += 1
-            d_msg, c_msg, pose = frames_msgs[k % len(frames_msgs)]
+            d_msg, c_msg, pose = frames_msgs[forth_and_back(k, len(frames_msgs))]
             t = time.time()
             st = wall_stamp(t)
             if pose_source != "track":
@@ -230,7 +231,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
             pub_c.publish(c_msg)
         t_pub = time.monotonic() - t_start
         if pose_source != "track":  # one pose past the last frame: nothing waits for a pose
-            pub_p.publish(conv.pose_stamped_msg(frames_msgs[(n_total - 1) % len(frames_msgs)][2],
+            pub_p.publish(conv.pose_stamped_msg(frames_msgs[forth_and_back(n_total - 1, len(frames_msgs))][2],
                                                 wall_stamp(time.time() + 0.01), "world"))
         cpu_t1 = ps.cpu_times()
         cpu_pct = 100.0 * ((cpu_t1.user + cpu_t1.system) - (cpu_t0.user + cpu_t0.system)) / t_pub
@@ -352,6 +353,15 @@ def mode_node(args) -> int:
     return code
 
 
+def forth_and_back(k: int, n: int) -> int:
+    """Index of the ``k``-th frame played from a sequence of ``n`` forth and back (0..n-1..0):
+    the camera path stays continuous however long the run."""
+    if n < 2:
+        return 0
+    i = k % (2 * n - 2)
+    return i if i < n else 2 * n - 2 - i
+
+
 def fixture_intrinsics():
     from neural_mapping.types import CameraIntrinsics
     K = np.loadtxt(DATA / "camera-intrinsics.txt") if (DATA / "camera-intrinsics.txt").is_file() else None
@@ -431,7 +441,7 @@ def mode_offline(args) -> int:
             delay = t0 + k / args.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            depth, color, _ = frames[k % len(frames)]
+            depth, color, _ = frames[forth_and_back(k, len(frames))]
             system.submit(RGBDFrame(depth.astype(np.float32) * np.float32(1e-3), intr, color=color,
                                     timestamp=k / args.rate, index=k))
         t_pub = time.monotonic() - t0
@@ -625,7 +635,7 @@ def main(argv=None) -> int:
     pn.add_argument("--transport", nargs="+", choices=["default", "shm"], default=None,
                     help="run once per setting in a fresh process: Fast DDS defaults and/or "
                          "config/fastdds_shm.xml on both ends (overrides --fastdds-xml)")
-    pn.add_argument("--max-frames", type=int, default=500, help="distinct frames loaded (then looped)")
+    pn.add_argument("--max-frames", type=int, default=500, help="distinct frames loaded (then played back and forth)")
     pn.add_argument("--contention", type=int, nargs="+", default=[0],
                     help="busy-loop processes running beside the node (e.g. 0 2: without and "
                          "with both cores of a 2-core machine busy)")

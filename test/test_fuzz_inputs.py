@@ -117,13 +117,20 @@ def _send_pending_on(n, color) -> None:
     n.stamp = last + 10.0 if last + 10.0 < 2.0e9 else 1000.0
 
 
-def _good_frames_still_mapped(n, k=3):
-    """Good camera_info + k frames with poses: all integrated; nothing non-finite anywhere."""
+def _raw_frame(j, d):
+    """Frame ``j`` as sensor_msgs/Image: 32FC1 depth (metres), rgb8 color."""
+    return (conv.image_msg(d, "32FC1", frame_id="camera"),
+            conv.image_msg(np.full(d.shape + (3,), 120, np.uint8), "rgb8", frame_id="camera"))
+
+
+def _good_frames_still_mapped(n, first_color, encode=_raw_frame, k=3):
+    """After ``first_color`` (:func:`_send_pending_on`): good camera_info + ``k`` frames with
+    poses, each encoded by ``encode(j, depth) -> (depth_msg, color_msg)``: all integrated;
+    nothing non-finite in the map, mesh, occupancy or poses."""
     import torch
     from neural_mapping.products.occupancy import OccupancyMap2D
     from _synthetic_scene import render_depth
-    _send_pending_on(n, conv.image_msg(np.zeros((INTR.height, INTR.width, 3), np.uint8), "rgb8",
-                                       frame_id="camera"))
+    _send_pending_on(n, first_color)
     done0 = n.system.frames_integrated
     for j in range(k):
         n.stamp += 0.05
@@ -131,10 +138,11 @@ def _good_frames_still_mapped(n, k=3):
         T[0, 3] = 0.01 * j
         n.inputs._on_pose_msg(conv.pose_stamped_msg(T, conv.sec_to_stamp(n.stamp), "world"))
         n.inputs._on_pose_msg(conv.pose_stamped_msg(T, conv.sec_to_stamp(n.stamp + 0.01), "world"))
-        d = render_depth(T, INTR)
-        c = np.full(d.shape + (3,), 120, np.uint8)
-        n.inputs._on_color(conv.image_msg(c, "rgb8", stamp=n.stamp, frame_id="camera"))
-        n.inputs._on_depth(conv.image_msg(d, "32FC1", stamp=n.stamp, frame_id="camera"))
+        dm, cm = encode(j, render_depth(T, INTR))
+        for m in (dm, cm):
+            m.header.stamp, m.header.frame_id = conv.sec_to_stamp(n.stamp), "camera"
+        n.inputs._on_color(cm)
+        n.inputs._on_depth(dm)
         assert n.system.flush(timeout=30)
     assert n.system.frames_integrated - done0 == k, (n.system.stats(), n.inputs.drop_counts())
     with n.system.read_map() as f:
@@ -309,7 +317,8 @@ def test_fuzz_interleaved_stamps(node, seq):
 def test_fuzz_then_good_frames_are_mapped(node):
     """Runs after the fuzz tests above (same node): it still maps good frames, and nothing
     non-finite reached the map, mesh, occupancy or poses; every reason is a stable key."""
-    _good_frames_still_mapped(node, k=3)
+    _good_frames_still_mapped(node, conv.image_msg(np.zeros((INTR.height, INTR.width, 3), np.uint8), "rgb8",
+                                                   frame_id="camera"))
     drops = node.inputs.drop_counts()
     assert drops and all(k.replace("_", "").isalnum() for k in drops), drops
     assert sum(drops.values()) > 100
@@ -442,41 +451,24 @@ def compressed_images(draw, depth: bool):
     return m
 
 
-def _good_compressed_frames_still_mapped(n, k=3):
-    """Good camera_info + k compressedDepth (PNG, RVL, 32FC1 inverse depth) + JPEG frames with
-    poses: all integrated; nothing non-finite in the map, the mesh or the poses."""
-    import torch
+def _compressed_frame(j, d):
+    """Frame ``j`` as sensor_msgs/CompressedImage: compressedDepth PNG 16UC1, RVL 16UC1 or PNG
+    32FC1 (inverse depth) in turn, JPEG color."""
     from neural_mapping.io import compressed
-    from _synthetic_scene import render_depth
+    from sensor_msgs.msg import CompressedImage
+    raw = [np.rint(d * 1000).astype(np.uint16), np.rint(d * 1000).astype(np.uint16), d.astype(np.float32)][j % 3]
+    dm, cm = CompressedImage(), CompressedImage()
+    dm.format, dm.data = compressed.compress_depth(raw, ["png", "rvl", "png"][j % 3])
+    cm.format, cm.data = compressed.compress_color(np.full(d.shape + (3,), 120, np.uint8), "jpeg")
+    return dm, cm
+
+
+def _compressed_black():
+    from neural_mapping.io import compressed
     from sensor_msgs.msg import CompressedImage
     cm = CompressedImage()
     cm.format, cm.data = compressed.compress_color(np.zeros((INTR.height, INTR.width, 3), np.uint8), "png")
-    _send_pending_on(n, cm)
-    done0 = n.system.frames_integrated
-    for j in range(k):
-        n.stamp += 0.05
-        T = np.eye(4)
-        T[0, 3] = 0.01 * j
-        n.inputs._on_pose_msg(conv.pose_stamped_msg(T, conv.sec_to_stamp(n.stamp), "world"))
-        n.inputs._on_pose_msg(conv.pose_stamped_msg(T, conv.sec_to_stamp(n.stamp + 0.01), "world"))
-        d = render_depth(T, INTR)
-        raw = [np.rint(d * 1000).astype(np.uint16), np.rint(d * 1000).astype(np.uint16), d.astype(np.float32)][j % 3]
-        dm, cm = CompressedImage(), CompressedImage()
-        dm.format, dm.data = compressed.compress_depth(raw, ["png", "rvl", "png"][j % 3])
-        cm.format, cm.data = compressed.compress_color(np.full(d.shape + (3,), 120, np.uint8), "jpeg")
-        for m in (dm, cm):
-            m.header.stamp, m.header.frame_id = conv.sec_to_stamp(n.stamp), "camera"
-        n.inputs._on_color(cm)
-        n.inputs._on_depth(dm)
-        assert n.system.flush(timeout=30)
-    assert n.system.frames_integrated - done0 == k, (n.system.stats(), n.inputs.drop_counts())
-    with n.system.read_map() as f:
-        w = f.weight[: f.grid.num_blocks]
-        assert bool(torch.isfinite(w).all()) and bool(torch.isfinite(f.sdf[: f.grid.num_blocks][w > 0]).all())
-    mesh = n.system.mesh()
-    assert np.isfinite(mesh.vertices).all() and mesh.num_triangles > 0
-    assert all(np.isfinite(p.T_world_cam).all() for p in n.system.trajectory if p.T_world_cam is not None)
-    n.stamp += 1.0
+    return cm
 
 
 @_settings(1300)
@@ -494,7 +486,7 @@ def test_fuzz_compressed_color(cnode, msg):
 def test_fuzz_compressed_then_good_frames_are_mapped(cnode):
     """After the compressed fuzz (same node): good compressed frames are mapped, nothing
     non-finite anywhere, and the payloads were rejected under the compressed reasons."""
-    _good_compressed_frames_still_mapped(cnode, k=3)
+    _good_frames_still_mapped(cnode, _compressed_black(), _compressed_frame)
     drops = cnode.inputs.drop_counts()
     assert drops.get("compressed_payload", 0) > 50 and drops.get("compressed_format", 0) > 50, drops
     assert all(k.replace("_", "").isalnum() for k in drops), drops

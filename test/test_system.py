@@ -390,3 +390,4 @@ def test_stats_break_a_frames_time_down_by_stage():
         assert 0 <= p50 <= p95 < 30e3, (stage, p50, p95)
     # the mapping thread's CPU time is part of its integration's wall time
     assert st["stage_map_cpu_p50_ms"] <= st["stage_integrate_p95_ms"] + 5
+

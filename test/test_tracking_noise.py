@@ -41,11 +41,13 @@ def _mean_errors(view, seeds, noise_b=0.0019, **cfg):
 def test_noise_weighting_reduces_error_on_kinect_noise(view):
     """Heteroscedastic noise (twice the Kinect's axial sigma(z), 1-3.5 m scene): weighting the
     residuals by the noise model lowers the error of the estimate (measured: z2 0.96x / 0.95x,
-    kinect 0.93x / 0.93x of the unweighted translation / rotation error)."""
+    kinect 0.93x / 0.93x of the unweighted translation / rotation error).  Every valid pixel
+    (tracking_point_stride 1): the margins above are small, and six seeds of every other pixel
+    are too few to resolve them (z2 then 1.04x / 0.88x)."""
     seeds = range(6)
-    flat = _mean_errors(view, seeds, 0.0038, tracking_depth_noise_weighting=False)
-    z2 = _mean_errors(view, seeds, 0.0038, tracking_noise_model="z2")
-    full = _mean_errors(view, seeds, 0.0038, tracking_noise_model="kinect")
+    flat = _mean_errors(view, seeds, 0.0038, tracking_depth_noise_weighting=False, tracking_point_stride=1)
+    z2 = _mean_errors(view, seeds, 0.0038, tracking_noise_model="z2", tracking_point_stride=1)
+    full = _mean_errors(view, seeds, 0.0038, tracking_noise_model="kinect", tracking_point_stride=1)
     assert z2[0] < flat[0] and z2[1] < flat[1], (z2, flat)
     assert full[0] < 0.95 * flat[0] and full[1] < 0.95 * flat[1], (full, flat)
 

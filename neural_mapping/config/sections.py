@@ -111,6 +111,11 @@ class SystemConfig:
         1, "torch intra-op threads for the process (0 = torch's default, one per core). 1 lets the "
         "tracking and mapping threads each use a core without oversubscribing: with 2 threads per "
         "op on 2 cores, ops slowed ~10x whenever anything else ran (measured).", lo=0, hi=256)
+    malloc_keep_freed_mb: int = param(
+        64, "glibc malloc (Linux): freed heap memory up to this size is kept mapped instead of "
+        "returned to the OS (M_TRIM_THRESHOLD and M_TOP_PAD, process-wide), so the tensors each "
+        "frame allocates reuse pages instead of page-faulting them in again; bounded, so memory "
+        "stays bounded. 0: glibc's defaults.", unit="MiB", lo=0, hi=4096)
     mapping_thread_nice: int = param(
         0, "Niceness added to the mapping thread (Linux; needs no privileges; 0: the same priority "
         "as the tracking thread). > 0: when the cores are busy the tracking thread runs first, so "
@@ -131,8 +136,10 @@ class TrackingConfig:
                                    "the pyramid (640 -> 320).", unit="px", lo=32, hi=4096)
     tracking_model_width_px: int = param(80, "Width of the raycast of the map that frames are "
                                          "aligned to (the model view).", unit="px", lo=32, hi=4096)
-    tracking_point_stride: int = param(1, "Use every n-th valid pixel of the finest pyramid level "
-                                       "(its iterations dominate the tracking time).", lo=1, hi=64)
+    tracking_point_stride: int = param(2, "Use every n-th valid pixel of the finest pyramid level "
+                                       "(its iterations dominate the tracking time; 2 halves them "
+                                       "at the same ATE as 1 on our real and synthetic sequences, "
+                                       "bench/bench_tracking.py --point-stride).", lo=1, hi=64)
     tracking_iterations_coarse: int = param(
         6, "Gauss-Newton iterations on the coarsest pyramid level (a quarter of "
         "tracking_width_px; 0 = skip the level).", unit="iterations", lo=0, hi=100)
@@ -197,8 +204,8 @@ class TrackingConfig:
         10, "Gauss-Newton iterations of the photometric alignment in the weak directions.",
         unit="iterations", lo=1, hi=100)
     tracking_photometric_point_stride: int = param(
-        16, "The photometric term uses every n-th point of the finest pyramid level (about one per "
-        "model-view pixel).",
+        16, "The photometric term uses every n-th valid pixel of the finest pyramid level (about one "
+        "per model-view pixel; every n / tracking_point_stride-th of its points).",
         lo=1, hi=64)
     tracking_photometric_weight: float = param(
         1e-3, "Joint cost on the finest pyramid level: the photometric system (gray 0..1 residuals, "

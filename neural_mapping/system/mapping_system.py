@@ -40,7 +40,7 @@ from neural_mapping.system.map_file import (MapSnapshot, copy_tensors, map_docum
 from neural_mapping.system.external_poses import ExternalPoses
 from neural_mapping.system.pose_policy import PoseResult
 from neural_mapping.system.queues import Closed, DropOldestQueue
-from neural_mapping.system.stage_times import StageTimes, lower_thread_priority, percentiles_ms
+from neural_mapping.system.stage_times import StageTimes, keep_freed_memory, lower_thread_priority, percentiles_ms
 from neural_mapping.system.step import Mapper, ModelPrediction, runtime_changes
 from neural_mapping.types import RGBDFrame
 
@@ -72,6 +72,7 @@ class MappingSystem:
         cfg = self.config
         if cfg.system.torch_threads > 0:  # process-wide (torch has no per-thread setting)
             torch.set_num_threads(cfg.system.torch_threads)
+        keep_freed_memory(cfg.system.malloc_keep_freed_mb)  # process-wide, like the threads
         self.strict = cfg.system.sync_mode == "strict"
         self.pose_source = cfg.run.pose_source
         self.mapper = Mapper(cfg)

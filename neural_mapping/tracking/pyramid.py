@@ -75,12 +75,15 @@ def normal_map(V: torch.Tensor, d: torch.Tensor, max_rel_jump: float = 0.05) -> 
 
 class Level:
     """Frame points of one pyramid level, SoA ``(3, n)`` padded to a multiple of :data:`CHUNK`
-    (padding points have z = 0 and never associate); ``A`` is the ICP kernel's scratch."""
+    (padding points have z = 0 and never associate); ``A`` is the ICP kernel's scratch;
+    ``lever_m`` the points' mean depth, the lever arm that makes rotations comparable to
+    translations in the normal equations."""
 
     def __init__(self, P: torch.Tensor, N: torch.Tensor, n: int):
         self.P, self.N, self.n = P, N, n
         self.fx_sensor = 1.0
         self.A = torch.empty((7, P.shape[1]), dtype=P.dtype, device=P.device)
+        self.lever_m = float(P[2, :n].mean()) if n else 1.0
 
 
 def _points(d: torch.Tensor, K: CameraIntrinsics, stride: int) -> Level:
@@ -91,12 +94,9 @@ def _points(d: torch.Tensor, K: CameraIntrinsics, stride: int) -> Level:
         m = m[::stride]
     n = int(m.numel())
     npad = max(CHUNK, -(-n // CHUNK) * CHUNK)
-    P = torch.zeros((3, npad), dtype=d.dtype, device=d.device)
-    Nf = torch.zeros((3, npad), dtype=d.dtype, device=d.device)
-    for i, (x, nrm) in enumerate(zip(X, (nx, ny, nz))):
-        P[i, :n] = x.reshape(-1)[m]
-        Nf[i, :n] = nrm.reshape(-1)[m]
-    return Level(P, Nf, n)
+    PN = torch.zeros((6, npad), dtype=d.dtype, device=d.device)  # one gather for all six rows
+    PN[:, :n] = torch.stack((X[0], X[1], X[2], nx, ny, nz)).reshape(6, -1).index_select(1, m)
+    return Level(PN[:3], PN[3:], n)
 
 
 def build_pyramid(d: torch.Tensor, intrinsics: CameraIntrinsics, base_width: int,

@@ -14,11 +14,10 @@ Pipeline of :meth:`Tracker.track`
        association), pairs are kept when their distance is below the level's
        ``tracking_max_dist_*_m`` and their normals agree within ``tracking_max_angle_deg``,
        the residuals ``r = n_model . (T p - v_model)`` get robust (Huber) weights, the 6x6
-       normal equations are built with one float64 matrix product and solved in float64 in
+       normal equations are built with one float64 matrix product and solved in float64 (numpy) in
        their well-constrained eigen-directions only (weak ones, below
        ``tracking_degenerate_ratio`` of the largest eigenvalue, keep the initial guess, i.e.
-       the motion prior; with ``prior_weight`` the initial guess is a prior in the cost
-       instead), and the pose is updated on the left, ``T <- exp(xi) T``.  On the finest
+       the motion prior), and the pose is updated on the left, ``T <- exp(xi) T``.  On the finest
        level the cost is joint: the photometric system against the model view's rendered
        color (:mod:`neural_mapping.tracking.photometric`) is added with
        ``tracking_photometric_weight`` through a soft projector on the geometric system's
@@ -112,6 +111,9 @@ class Tracker:
         if self.levels[-1][0] < 1:
             raise ValueError("tracking_iterations_fine must be >= 1")
         self._cos_angle = math.cos(math.radians(c.tracking_max_angle_deg))
+        # the photometric term samples every tracking_photometric_point_stride-th pixel: every
+        # _photo_stride-th point of the finest level (which keeps every tracking_point_stride-th)
+        self._photo_stride = max(1, c.tracking_photometric_point_stride // c.tracking_point_stride)
         self._noise_model = _NOISE_MODELS[c.tracking_noise_model] if c.tracking_depth_noise_weighting else 0
 
     @classmethod
@@ -149,19 +151,15 @@ class Tracker:
         return ModelView.from_raycast(rc, self.device)
 
     # ------------------------------------------------------------ track
-    def track(self, frame: RGBDFrame, view: Optional[ModelView], T_init,
-              prior_weight: float = 0.0) -> TrackResult:
+    def track(self, frame: RGBDFrame, view: Optional[ModelView], T_init) -> TrackResult:
         """Align ``frame`` to ``view`` starting from ``T_init`` (4x4 camera-to-world);
         ``view=None`` (empty map) fails with ``no_model``."""
-        return self.track_depth(frame.depth, frame.intrinsics, view, T_init, frame.color,
-                                prior_weight)
+        return self.track_depth(frame.depth, frame.intrinsics, view, T_init, frame.color)
 
     def track_depth(self, depth, intrinsics: CameraIntrinsics, view: Optional[ModelView],
-                    T_init, color=None, prior_weight: float = 0.0) -> TrackResult:
+                    T_init, color=None) -> TrackResult:
         """:meth:`track` with a depth image (metres), its intrinsics and optionally the
-        registered color image (used in weak directions, see :mod:`.photometric`).
-        ``prior_weight`` > 0: ``T_init`` is also a prior (odometry), added to the normal
-        equations with this fraction of their mean (depth-normalised) diagonal per direction."""
+        registered color image (used in weak directions, see :mod:`.photometric`)."""
         t0 = time.perf_counter()
         if view is not None and not isinstance(view, ModelView):
             raise TypeError(f"view must be a ModelView (Tracker.predict), got {type(view).__name__}")
@@ -169,8 +167,8 @@ class Tracker:
         if T_init.shape != (4, 4):
             raise ValueError(f"T_init must be 4x4, got shape {T_init.shape}")
         try:
-            result = self._track(depth, intrinsics, view, T_init, color, prior_weight)
-        except torch.linalg.LinAlgError:
+            result = self._track(depth, intrinsics, view, T_init, color)
+        except (np.linalg.LinAlgError, torch.linalg.LinAlgError):
             result = TrackResult(T_init.copy(), False, "numerical")
         result.time_s = time.perf_counter() - t0
         return result
@@ -182,8 +180,7 @@ class Tracker:
                              [it > 0 for it, _ in self.levels], self.config.tracking_point_stride,
                              self.config.tracking_bilateral_rel)
 
-    def _track(self, depth, intrinsics, view: Optional[ModelView], T_init, color=None,
-               prior_weight: float = 0.0) -> TrackResult:
+    def _track(self, depth, intrinsics, view: Optional[ModelView], T_init, color=None) -> TrackResult:
         cfg = self.config
         if view is None or view.num_valid < cfg.tracking_min_valid_points:
             return TrackResult(T_init.copy(), False, "no_model")
@@ -192,12 +189,11 @@ class Tracker:
         if L.n < cfg.tracking_min_valid_points:
             return TrackResult(T_init.copy(), False, "no_depth", valid_points=n_valid)
         T = inv_pose(view.T_world_ref) @ T_init  # T_ref_cam (float64)
-        T_prior = T.copy()
         total_it = 0
         stats = None
         levels_info: List[tuple] = []
         photo = None  # (points, intensities) of the joint photometric term (finest level)
-        w_photo = cfg.tracking_photometric_weight * cfg.tracking_photometric_point_stride
+        w_photo = cfg.tracking_photometric_weight * self._photo_stride  # per pixel as depth's
         if cfg.tracking_photometric and w_photo > 0 and color is not None \
                 and view.intensity is not None:
             photo = [lambda: self._frame_intensities(L, color, intrinsics), None]
@@ -211,12 +207,9 @@ class Tracker:
                 if photo is not None and lvl is L:
                     stats, photo_pairs = self._add_photometric(stats, photo, T, view, w_photo, L)
                 H, b, n_in, rss = stats
-                if not torch.isfinite(H).all() or not torch.isfinite(b).all():
+                if not (np.isfinite(H).all() and np.isfinite(b).all()):
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
-                if prior_weight > 0:
-                    xi = self._solve_with_prior(H, b, L, prior_weight, T @ inv_pose(T_prior))
-                else:
-                    xi, weak = self._solve(H, b, L, cfg.tracking_degenerate_ratio)
+                xi, weak = self._solve(H, b, L, cfg.tracking_degenerate_ratio)
                 if xi is None:
                     return TrackResult(T_init.copy(), False, "numerical", iterations=total_it)
                 T = se3_exp(xi) @ T
@@ -231,8 +224,8 @@ class Tracker:
             return TrackResult(T_init.copy(), False, "few_inliers", iterations=total_it,
                                valid_points=n_valid)
         H, b, n_in, rss = stats
-        lever = _lever_m(L)
-        ev, V, weak = weak_directions(H.cpu().numpy(), lever, cfg.tracking_degenerate_ratio)
+        lever = L.lever_m
+        ev, V, weak = weak_directions(H, lever, cfg.tracking_degenerate_ratio)
         if photo is None and weak.any() and not weak.all() and cfg.tracking_photometric \
                 and color is not None and view.intensity is not None:
             T, photo_pairs = self._photometric(L, T, view, color, intrinsics,
@@ -243,7 +236,7 @@ class Tracker:
                           valid_points=n_valid, inlier_ratio=n_in / max(L.n, 1),
                           condition=_condition(ev), levels=levels_info,
                           weak_directions=int(weak.sum()), photometric_pairs=photo_pairs)
-        res.normal_equations, res.rss = H.cpu().numpy(), rss  # for external+refine's filter
+        res.normal_equations, res.rss = H, rss  # for external+refine's filter
         res.reason = self._failure(res, L.n, T_init)
         if res.reason != "ok":
             res.ok = False
@@ -268,7 +261,7 @@ class Tracker:
 
     def _step(self, L: Level, T: np.ndarray, view: ModelView, max_dist: float):
         """One association + linearisation (kernels.icp_system, TorchScript).
-        Returns (H 6x6, b 6, inliers, robust rss) or None below 6 inliers."""
+        Returns (H 6x6, b 6 as float64 numpy, inliers, robust rss) or None below 6 inliers."""
         K = view.intrinsics
         dev = L.P.device
         R = torch.as_tensor(T[:3, :3], dtype=torch.float32, device=dev)
@@ -280,6 +273,7 @@ class Tracker:
                                      self._noise_model, L.fx_sensor, self.config.tracking_symmetric, CHUNK)
         if n_in < 6:
             return None
+        M = M.cpu().numpy()
         return M[:6, :6], M[:6, 6], n_in, float(M[6, 6])
 
     def _add_photometric(self, stats, photo, T: np.ndarray, view: ModelView, weight: float,
@@ -294,8 +288,8 @@ class Tracker:
         H, b, n_in, rss = stats
         c = self.config.tracking_photometric_soft_ratio
         if c > 0:
-            s = _scales(_lever_m(L))
-            ev, V, _ = weak_directions(H.cpu().numpy(), _lever_m(L), 0.0)
+            s = _scales(L.lever_m)
+            ev, V, _ = weak_directions(H, L.lever_m, 0.0)
             if not np.all(np.isfinite(ev)) or ev[-1] <= 0:
                 return stats, 0
             soft = 1.0 / (1.0 + np.maximum(ev, 0.0) / (c * ev[-1]))
@@ -310,26 +304,24 @@ class Tracker:
             self.config.tracking_photometric_huber, 0.002)
         if pairs < self.config.tracking_min_inliers:
             return stats, pairs
-        Hp, bp = Hp.cpu().numpy(), bp.cpu().numpy()
+        Hp, bp = Hp.cpu().numpy().astype(np.float64), bp.cpu().numpy().astype(np.float64)
         if c > 0:
             S = (V * soft) @ V.T  # soft projector, depth-normalised coordinates
             Hp = (S @ (Hp * s[:, None] * s[None, :]) @ S) / s[:, None] / s[None, :]
             bp = (S @ (s * bp)) / s
-        Hp = torch.as_tensor(Hp, dtype=H.dtype, device=H.device)
-        bp = torch.as_tensor(bp, dtype=b.dtype, device=b.device)
         return (H + weight * Hp, b + weight * bp, n_in, rss), pairs
 
     def _frame_intensities(self, L: Level, color, intrinsics):
-        """``(points (3, m), gray (m))``: every ``tracking_photometric_point_stride``-th point
-        of level ``L`` (the finest) and the frame's gray value there, averaged over 3x3 taps a
-        pyramid block apart (:func:`~.photometric.sample_gray`: only the sampled pixels are
+        """``(points (3, m), gray (m))``: the finest level's points every
+        ``tracking_photometric_point_stride``-th pixel and the frame's gray value there,
+        averaged over 3x3 taps a pyramid block apart (:func:`~.photometric.sample_gray`: only the sampled pixels are
         read); None when the color image does not match the depth."""
         from neural_mapping.tracking.photometric import sample_gray
         cfg = self.config
         c = torch.as_tensor(np.asarray(color)) if not isinstance(color, torch.Tensor) else color
         if tuple(c.shape[:2]) != (intrinsics.height, intrinsics.width) or c.dim() != 3:
             return None
-        P = L.P[:, :L.n:cfg.tracking_photometric_point_stride]
+        P = L.P[:, :L.n:self._photo_stride]
         f = max(1, intrinsics.width // cfg.tracking_width_px)
         return P, sample_gray(c.to(self.device), P, float(intrinsics.fx), float(intrinsics.fy),
                               float(intrinsics.cx), float(intrinsics.cy), f)
@@ -350,45 +342,20 @@ class Tracker:
                                      0.002, cfg.tracking_min_inliers)
 
     @staticmethod
-    def _solve_with_prior(H: torch.Tensor, b: torch.Tensor, L: Level, weight: float,
-                          T_from_prior: np.ndarray) -> Optional[np.ndarray]:
-        """Gauss-Newton update with a prior at ``T_init``: ``(H + W) xi = -(b + W d)``, ``d``
-        the current offset from the prior (se3 log), ``W`` ``weight`` times the mean diagonal
-        of the depth-normalised system (isotropic there)."""
-        from neural_mapping.geometry import se3_log
-        s = _scales(_lever_m(L))
-        Hs = H.cpu().numpy() * s[:, None] * s[None, :]
-        w = weight * float(np.trace(Hs)) / 6.0
-        d = se3_log(T_from_prior) / s
-        try:
-            y = -np.linalg.solve(Hs + np.eye(6) * w, s * b.cpu().numpy() + w * d)
-        except np.linalg.LinAlgError:
-            return None
-        xi = s * y
-        return xi if np.all(np.isfinite(xi)) else None
-
-    @staticmethod
-    def _solve(H: torch.Tensor, b: torch.Tensor, L: Level, ratio: float):
+    def _solve(H: np.ndarray, b: np.ndarray, L: Level, ratio: float):
         """The Gauss-Newton update restricted to the well-constrained directions of ``H``
         (:func:`weak_directions`): along the weak ones the update is zero, so the estimate
         keeps the initial guess (the motion prior) there instead of sliding.
         Returns ``(xi, number of weak directions)``, ``(None, 6)`` when not finite."""
-        lever = _lever_m(L)
-        ev, V, weak = weak_directions(H.cpu().numpy(), lever, ratio)
+        lever = L.lever_m
+        ev, V, weak = weak_directions(H, lever, ratio)
         if weak.all():
             return None, 6
         s = _scales(lever)
-        bn = b.cpu().numpy()
         strong = ~weak
         Vs = V[:, strong]
-        xi = -s * (Vs @ ((Vs.T @ (s * bn)) / ev[strong]))
+        xi = -s * (Vs @ ((Vs.T @ (s * b)) / ev[strong]))
         return (xi if np.all(np.isfinite(xi)) else None), int(weak.sum())
-
-
-def _lever_m(L: Level) -> float:
-    """Mean depth of a level's points: the lever arm that makes rotations comparable to
-    translations in the normal equations."""
-    return float(L.P[2, :L.n].mean()) if L.n else 1.0
 
 
 def _scales(lever_m: float) -> np.ndarray:

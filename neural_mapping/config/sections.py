@@ -223,8 +223,9 @@ class TrackingConfig:
         "frames' (running mean) fails (inlier_drop: a jump ICP cannot explain; relocalisation "
         "follows).", lo=0.0, hi=1.0)
     relocalisation_keyframes: int = param(
-        60, "Recent keyframes (model views) a frame is relocalised against after a failed track "
-        "(track mode; 0 = no relocalisation).", unit="keyframes", lo=0, hi=10000)
+        60, "Keyframes (model views) a frame is relocalised against after a failed track (track "
+        "mode; 0 = no relocalisation): the newer half the most recent, the older half spread over "
+        "the map (the one nearest to another is dropped).", unit="keyframes", lo=0, hi=10000)
     relocalisation_keyframe_every: int = param(
         5, "Every n-th new model view becomes a keyframe.", unit="views", lo=1, hi=10000)
     relocalisation_candidates: int = param(

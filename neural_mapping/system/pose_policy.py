@@ -22,12 +22,15 @@ A failed track (``failed``, or ``lost`` after ``lost_after_failures`` in a row) 
 else the last good one).
 
 Relocalisation (``track``): after a failed track the frame is aligned to keyframes -- the
-model views of every ``relocalisation_keyframe_every``-th distinct view the policy saw (the
-last ``relocalisation_keyframes``; already rendered, so the map is not read from this
-thread) -- each from its own reference pose, at most ``relocalisation_candidates`` per frame
+model views of every ``relocalisation_keyframe_every``-th distinct view the policy saw
+(already rendered, so the map is not read from this thread), at most
+``relocalisation_keyframes``: the newer half as they came (short jumps land near them), the
+older half spread over the map (when the set is full, the older keyframe nearest to another
+one is dropped, so a camera carried back to where it was long ago still finds one) -- each
+from its own reference pose, at most ``relocalisation_candidates`` per frame
 (the newest keyframe first, then the others in turn over the following frames).  A candidate
 is accepted only when it passes every tracking check and the strict ones
-(``relocalisation_min_inlier_ratio``, ``relocalisation_max_rms_m``); the frame is then
+(``relocalisation_min_inlier_ratio``, ``relocalisation_max_rms_m``, no weak direction); the frame is then
 ``relocalised`` (``ok``, integrated) and the motion model restarts from it.
 """
 
@@ -155,7 +158,8 @@ class PosePolicy:
                 (self._views_seen - 1) % cfg.relocalisation_keyframe_every != 0:
             return
         self.keyframes.append(view)
-        del self.keyframes[:-cfg.relocalisation_keyframes]
+        if len(self.keyframes) > cfg.relocalisation_keyframes:
+            del self.keyframes[_most_redundant(self.keyframes, len(self.keyframes) // 2)]
 
     def _inlier_floor(self) -> float:
         r = self.recent_inlier_ratio
@@ -174,8 +178,10 @@ class PosePolicy:
         for i in order:
             view = self.keyframes[i]
             tr = self.tracker.track(frame, view, view.T_world_ref)
-            if tr.ok and tr.inlier_ratio >= max(cfg.relocalisation_min_inlier_ratio,
-                                                self._inlier_floor()) and \
+            # every direction constrained: in a weak one the estimate would keep the
+            # keyframe's pose, which says nothing about where this frame is
+            if tr.ok and tr.weak_directions == 0 and \
+                    tr.inlier_ratio >= max(cfg.relocalisation_min_inlier_ratio, self._inlier_floor()) and \
                     tr.residual <= cfg.relocalisation_max_rms_m and \
                     (best is None or tr.residual < best.residual):
                 best = tr
@@ -195,3 +201,21 @@ class PosePolicy:
             self.correction = result.T_correction
         self.prev_T, self.last_T = self.last_T, result.T_world_cam
         return result
+
+
+def _most_redundant(views, older: int) -> int:
+    """Index, among the ``older`` first views, of the one whose reference pose is nearest to
+    its two nearest other views' (sum of the distances: translation in metres plus rotation
+    in radians times 1 m; the oldest of equals): dropping it leaves the smallest gap, so the
+    keyframes thin out where they are dense and the ends of a path stay."""
+    if older <= 0:
+        return 0
+    T = np.stack([np.asarray(v.T_world_ref, np.float64) for v in views])
+    dt = np.linalg.norm(T[:, None, :3, 3] - T[None, :, :3, 3], axis=-1)
+    cos = (np.einsum("iab,jab->ij", T[:, :3, :3], T[:, :3, :3]) - 1.0) / 2.0  # trace(Ri^T Rj)
+    d = dt + np.arccos(np.clip(cos, -1.0, 1.0))
+    np.fill_diagonal(d, np.inf)
+    if len(views) < 3:
+        return 0
+    two = np.sort(d[:older], axis=1)[:, :2].sum(axis=1)  # the gap its removal would leave
+    return int(np.argmin(two))

@@ -11,6 +11,12 @@ the two trajectories differ in timing, not in distance travelled.
     .venv/bin/python bench/bench_track_window.py --prefix /tmp/poses/7scenes_redkitchen_ours \\
         --frames 440 460 --window 440 447 --window 447 453 --window 440 453
 Also prints how many frames used the full iteration budget (all three levels at their cap).
+
+``--local W --sequence 7scenes``: for every frame k of ``--frames``, which trajectory agrees with
+the depth images *locally*?  For each of the ground truth and ours: fuse frames k-W..k-1 at that
+trajectory's poses into a fresh map, render the model view at its pose k-1 and track frame k
+from its constant-velocity guess; print how far the tracked pose lands from that trajectory's
+pose k.  A trajectory consistent with its own depth lands within a few millimetres.
 """
 from __future__ import annotations
 
@@ -27,6 +33,9 @@ sys.path.insert(0, str(REPO))
 from neural_mapping.config import MappingConfig  # noqa: E402
 from neural_mapping.geometry import inv_pose, pose_distance  # noqa: E402
 
+DATA = Path(__import__("os").environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data"))
+SEQUENCES = {"7scenes": DATA / "7scenes_redkitchen", "tum": DATA / "tum_fr1_xyz"}
+
 
 def read_tum(path: str) -> np.ndarray:
     from scipy.spatial.transform import Rotation
@@ -41,6 +50,37 @@ def relative(T: np.ndarray, i: int, j: int) -> np.ndarray:
     return inv_pose(T[i]) @ T[j]
 
 
+def local_consistency(ds, trajectories: dict, frames, window: int, voxel: float,
+                      depth_max: float, verbose: bool = True):
+    """Per frame k in ``frames`` (first, end) of the frames ``ds`` (indexable): for each named
+    trajectory (name -> (n, 4, 4) poses), fuse frames k-window..k-1 at its poses, track frame k
+    against the model view at its pose k-1 (from the constant-velocity guess); rows of
+    ``{"frame": k, name: (lands cm from its pose k, tracked step cm, its own step cm)}``."""
+    from neural_mapping.backends import get_backend
+    from neural_mapping.tracking.tracker import Tracker
+    cfg = MappingConfig.from_flat({"voxel_size_m": voxel, "depth_max_m": depth_max, "device": "cpu"})
+    tracker = Tracker.from_config(cfg, "cpu")
+    rows = []
+    for k in range(max(window, 2), min(frames[1], len(ds))):
+        if k < frames[0]:
+            continue
+        row = {"frame": k}
+        for name, A in trajectories.items():
+            backend = get_backend(cfg)
+            for j in range(k - window, k):
+                backend.integrate(ds[j], A[j])
+            view = tracker.predict(backend, ds[k - 1].intrinsics, A[k - 1], ds[k - 1].depth)
+            r = tracker.track(ds[k], view, A[k - 1] @ inv_pose(A[k - 2]) @ A[k - 1])
+            row[name] = (100 * pose_distance(A[k], r.T_world_cam)[0],
+                         100 * pose_distance(A[k - 1], r.T_world_cam)[0],
+                         100 * pose_distance(A[k - 1], A[k])[0])
+        rows.append(row)
+        if verbose:
+                print(f"{k:>5} " + "  ".join(f"{n}: step {v[2]:.2f}, tracked step {v[1]:.2f}, lands {v[0]:.2f} "
+                                         f"cm from it" for n, v in row.items() if n != "frame"), flush=True)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prefix", required=True, help="DIR/<seq>_ours (as bench_tracking --save-poses writes)")
@@ -48,6 +88,11 @@ def main(argv=None):
     ap.add_argument("--window", type=int, nargs=2, action="append", default=[], metavar=("I", "J"))
     ap.add_argument("--iteration-cap", type=int, default=None,
                     help="total Gauss-Newton iterations of a frame at the cap (default: the config's)")
+    ap.add_argument("--local", type=int, default=0, metavar="W",
+                    help="local consistency with a map of the previous W frames (needs --sequence, --frames)")
+    ap.add_argument("--sequence", choices=sorted(SEQUENCES), default="7scenes")
+    ap.add_argument("--voxel", type=float, default=0.01)
+    ap.add_argument("--depth-max", type=float, default=3.0)
     args = ap.parse_args(argv)
     P, G = read_tum(f"{args.prefix}.txt"), read_tum(f"{args.prefix}_gt.txt")
     info_path = Path(f"{args.prefix}_info.json")
@@ -77,6 +122,17 @@ def main(argv=None):
               + (f", {int(((at_cap >= args.frames[0]) & (at_cap < args.frames[1])).sum())} of them in "
                  f"{args.frames[0]}-{args.frames[1]}" if args.frames else "")
               + f"; median iterations {np.median(its[1:]):.0f}")
+    if args.local and args.frames:
+        print(f"local consistency, map of the previous {args.local} frames:")
+        from neural_mapping.datasets import open_dataset
+        kw = {"undistort": True} if args.sequence == "tum" else {}  # as bench_tracking.py loads it
+        ds = open_dataset(SEQUENCES[args.sequence], max_frames=args.frames[1], **kw)
+        rows = local_consistency(ds, {"ground truth": G, "ours": P}, args.frames, args.local,
+                                 args.voxel, args.depth_max)
+        for name in ("ground truth", "ours"):
+            d = np.array([r[name][0] for r in rows])
+            print(f"{name}: lands {np.median(d):.2f} cm median, {d.max():.2f} cm max from its own pose "
+                  f"(frame {rows[int(d.argmax())]['frame']})")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,11 @@ def run_ours(frames, gt, args) -> Dict[str, object]:
            "integrate_ms_median": _median_ms(system.timings["integrate"]),
            "predict_ms_median": _median_ms(system.timings["predict"]),
            "pose_latency_p95_ms": stats.get("latency_pose_p95_ms")}
-    out.update(_ate(poses, gt[tracked], [frames[i].timestamp for i in tracked], _save(args, frames, "ours")))
+    save = _save(args, frames, "ours")
+    out.update(_ate(poses, gt[tracked], [frames[i].timestamp for i in tracked], save))
+    if save is not None:  # per-frame tracker diagnostics (TrackResult.info), for bench_track_window.py
+        Path(f"{save}_info.json").write_text(json.dumps(
+            [dict(by_index[frames[i].index].info, index=i) for i in tracked], default=float))
     return out
 
 
@@ -198,7 +202,9 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="ours: cpu (default) or cuda")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="ours: any flat config field, e.g. --set tracking_degenerate_ratio=0.002")
-    ap.add_argument("--save-poses", metavar="DIR", help="write TUM trajectories (ours, open3d, gt) here")
+    ap.add_argument("--save-poses", metavar="DIR",
+                    help="write TUM trajectories (ours, open3d, gt) and ours' per-frame tracker "
+                    "info (<seq>_ours_info.json) here")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tracking.json"))
     args = ap.parse_args(argv)
     try:

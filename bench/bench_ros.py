@@ -5,13 +5,14 @@
 neural_mapping.ros.node``) in its own ROS domain; this process publishes the real
 7-Scenes fixture (``../shared/data/7scenes_redkitchen``; a run longer than the sequence
 plays it forth and back, 0..499..0, so the camera path stays continuous: a jump back to frame
-0 would make track mode relocalise instead of track) as depth 16UC1 + color rgb8 + CameraInfo + PoseStamped (ground
+0 would make track mode relocalise instead of track; ``--playback wrap`` does exactly that,
+to measure relocalisation in the node) as depth 16UC1 + color rgb8 + CameraInfo + PoseStamped (ground
 truth) at ``--rate`` Hz for ``--duration`` s, with every header stamp set to the wall
 clock at publish time.  Reported per ``--pose-source``:
 
 * frames processed/s (integrated frames over the publishing window) and poses/s;
 * drops by reason (node diagnostics: ``input_dropped_*`` before a frame exists,
-  ``dropped_*``/``pose_*`` inside the core), frames received by the node;
+  ``dropped_*``/``pose_*`` inside the core), frames received by the node, relocalisations;
 * latency depth stamp -> pose publish, p50/p95, measured here on the receiving side
   (``now - header.stamp`` of every ``~/pose``; transport of the pose included);
 * latency depth stamp -> integration, p50/p95, from the node's diagnostics
@@ -218,7 +219,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
                 time.sleep(delay)
             else:
                 late += 1
-            d_msg, c_msg, pose = frames_msgs[forth_and_back(k, len(frames_msgs))]
+            d_msg, c_msg, pose = frames_msgs[play_index(args.playback, k, len(frames_msgs))]
             t = time.time()
             st = wall_stamp(t)
             if pose_source != "track":
@@ -231,7 +232,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
             pub_c.publish(c_msg)
         t_pub = time.monotonic() - t_start
         if pose_source != "track":  # one pose past the last frame: nothing waits for a pose
-            pub_p.publish(conv.pose_stamped_msg(frames_msgs[forth_and_back(n_total - 1, len(frames_msgs))][2],
+            pub_p.publish(conv.pose_stamped_msg(frames_msgs[play_index(args.playback, n_total - 1, len(frames_msgs))][2],
                                                 wall_stamp(time.time() + 0.01), "world"))
         cpu_t1 = ps.cpu_times()
         cpu_pct = 100.0 * ((cpu_t1.user + cpu_t1.system) - (cpu_t0.user + cpu_t0.system)) / t_pub
@@ -263,7 +264,7 @@ def run_node(frames_msgs, intr, args, pose_source: str) -> dict:
             "frames_integrated": integrated,
             "frames_processed_per_s": integrated / t_pub,
             "poses_published": len(lp), "poses_per_s": len(lp) / t_pub,
-            "drops": drops,
+            "drops": drops, "relocalisations": n1("relocalisations") - n0("relocalisations"),
             "latency_stamp_to_pose_ms": {"p50": pct(lp, 50), "p95": pct(lp, 95), "max": max(lp) if lp else None},
             "latency_stamp_to_integrate_ms": {"p50": fl("latency_stamp_integrate_p50_ms"),
                                               "p95": fl("latency_stamp_integrate_p95_ms")},
@@ -320,6 +321,7 @@ def mode_node(args) -> int:
         cmd = [sys.executable, str(Path(__file__).resolve()), "node", "--duration", str(args.duration),
                "--rate", str(args.rate), "--voxel", str(args.voxel), "--device", args.device,
                "--input-qos", args.input_qos, "--max-frames", str(args.max_frames), "--out", str(tmp),
+               "--playback", args.playback,
                "--pose-source", *args.pose_source] + [a for kv in args.set for a in ("--set", kv)]
         if tr == "shm":
             cmd += ["--fastdds-xml", str(SHM_XML)]
@@ -344,7 +346,8 @@ def mode_node(args) -> int:
         print(f"{r['transport']:<9} {r['pose_source']:<12} {r['frames_processed_per_s']:>6.1f} "
               f"{r['poses_per_s']:>6.1f} {f(lp['p50']) + '/' + f(lp['p95']):>16} "
               f"{f(li['p50']) + '/' + f(li['p95']):>17} {r['node_cpu_percent']:>5.0f}  "
-              + ", ".join(f"{k}={v}" for k, v in r["drops"].items()))
+              + ", ".join(f"{k}={v}" for k, v in r["drops"].items())
+              + (f"; relocalisations={r['relocalisations']}" if r.get("relocalisations") else ""))
     print_stages(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -360,6 +363,12 @@ def forth_and_back(k: int, n: int) -> int:
         return 0
     i = k % (2 * n - 2)
     return i if i < n else 2 * n - 2 - i
+
+
+def play_index(playback: str, k: int, n: int) -> int:
+    """``forth-back`` (default): :func:`forth_and_back`; ``wrap``: 0..n-1 then 0 again -- in
+    ``track`` mode a kidnapping back to the start, which the node must relocalise from."""
+    return k % n if playback == "wrap" else forth_and_back(k, n)
 
 
 def fixture_intrinsics():
@@ -636,6 +645,9 @@ def main(argv=None) -> int:
                     help="run once per setting in a fresh process: Fast DDS defaults and/or "
                          "config/fastdds_shm.xml on both ends (overrides --fastdds-xml)")
     pn.add_argument("--max-frames", type=int, default=500, help="distinct frames loaded (then played back and forth)")
+    pn.add_argument("--playback", default="forth-back", choices=["forth-back", "wrap"],
+                    help="a run longer than the frames: play them forth and back (continuous camera path) "
+                         "or wrap from the last to the first (a kidnapping: track mode must relocalise)")
     pn.add_argument("--contention", type=int, nargs="+", default=[0],
                     help="busy-loop processes running beside the node (e.g. 0 2: without and "
                          "with both cores of a 2-core machine busy)")

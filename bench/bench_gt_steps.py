@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from neural_mapping.datasets import open_dataset  # noqa: E402
 from neural_mapping.geometry import inv_pose, pose_distance  # noqa: E402
+from neural_mapping.io.images import read_tum_trajectory  # noqa: E402
 
 DATA = Path(os.environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data"))
 SEQUENCES = {"7scenes": DATA / "7scenes_redkitchen", "tum": DATA / "tum_fr1_xyz"}
@@ -62,15 +63,6 @@ def _icp(o3d, src, dst, voxel: float):
     return T
 
 
-def _read_tum(path: str, n: int):
-    from scipy.spatial.transform import Rotation
-    a = np.loadtxt(path)[:n]
-    T = np.tile(np.eye(4), (len(a), 1, 1))
-    T[:, :3, 3] = a[:, 1:4]
-    T[:, :3, :3] = Rotation.from_quat(a[:, 4:8]).as_matrix()
-    return T
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sequence", choices=sorted(SEQUENCES), default="7scenes")
@@ -84,7 +76,7 @@ def main(argv=None):
     import open3d as o3d
     ds = open_dataset(SEQUENCES[args.sequence], max_frames=args.frames or None)
     gt = ds.gt_poses()
-    ours = _read_tum(args.poses, len(ds)) if args.poses else None
+    ours = read_tum_trajectory(args.poses)[1][:len(ds)] if args.poses else None
     rows, prev = [], _cloud(o3d, ds[0], args.depth_max, args.voxel)
     for k in range(1, len(ds)):
         cur = _cloud(o3d, ds[k], args.depth_max, args.voxel)

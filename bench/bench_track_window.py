@@ -32,18 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from neural_mapping.config import MappingConfig  # noqa: E402
 from neural_mapping.geometry import inv_pose, pose_distance  # noqa: E402
+from neural_mapping.io.images import read_tum_trajectory  # noqa: E402
 
 DATA = Path(__import__("os").environ.get("NEURAL_MAPPING_DATA", REPO.parent / "shared" / "data"))
 SEQUENCES = {"7scenes": DATA / "7scenes_redkitchen", "tum": DATA / "tum_fr1_xyz"}
-
-
-def read_tum(path: str) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-    a = np.atleast_2d(np.loadtxt(path))
-    T = np.tile(np.eye(4), (len(a), 1, 1))
-    T[:, :3, 3] = a[:, 1:4]
-    T[:, :3, :3] = Rotation.from_quat(a[:, 4:8]).as_matrix()
-    return T
 
 
 def relative(T: np.ndarray, i: int, j: int) -> np.ndarray:
@@ -94,7 +86,7 @@ def main(argv=None):
     ap.add_argument("--voxel", type=float, default=0.01)
     ap.add_argument("--depth-max", type=float, default=3.0)
     args = ap.parse_args(argv)
-    P, G = read_tum(f"{args.prefix}.txt"), read_tum(f"{args.prefix}_gt.txt")
+    P, G = (read_tum_trajectory(f"{args.prefix}{s}.txt")[1] for s in ("", "_gt"))
     info_path = Path(f"{args.prefix}_info.json")
     info = json.loads(info_path.read_text()) if info_path.exists() else [{} for _ in range(len(P))]
     t = MappingConfig().tracking

@@ -38,14 +38,10 @@ logged and the process exits 0 (1 if a thread did not stop or a worker failed).
 
 from __future__ import annotations
 
-import collections
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Deque, Dict
-
-import numpy as np
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -87,9 +83,7 @@ class MappingNode(Node):
         self._last_path_pub = 0.0
         self._path_dirty = False
         self._closing = False
-        self._lat_stamp: Dict[str, Deque[float]] = {
-            "pose": collections.deque(maxlen=LATENCY_WINDOW),
-            "integrate": collections.deque(maxlen=LATENCY_WINDOW)}
+        self._lat_stamp = StageTimes(("pose", "integrate"), LATENCY_WINDOW)
         self._publish_times = StageTimes(("publish_pose",), LATENCY_WINDOW)  # on the tracking thread
 
         self.system = MappingSystem(self.cfg, on_pose=self._on_pose,
@@ -164,7 +158,7 @@ class MappingNode(Node):
         """Called by the mapping thread after each integration."""
         stamp = self.inputs.pop_stamp(index)
         if stamp is not None:
-            self._lat_stamp["integrate"].append(self._now_s() - stamp)
+            self._lat_stamp.add("integrate", self._now_s() - stamp)
 
     def _on_pose(self, result: PoseResult) -> None:
         """Called by the tracking thread for every frame's pose."""
@@ -181,7 +175,7 @@ class MappingNode(Node):
                 return
             raise
         self._publish_times.add("publish_pose", time.monotonic() - t0)
-        self._lat_stamp["pose"].append(self._now_s() - result.stamp)
+        self._lat_stamp.add("pose", self._now_s() - result.stamp)
 
     def _publish_pose(self, result: PoseResult) -> None:
         stamp = conv.sec_to_stamp(result.stamp)
@@ -224,11 +218,7 @@ class MappingNode(Node):
             stats.update(self.tf_out.stats)
             stats.update(self.inputs.times.percentiles("stage_"))  # before submit
             stats.update(self._publish_times.percentiles("stage_"))
-            for k, v in self._lat_stamp.items():
-                if v:
-                    arr = np.asarray(v)
-                    stats[f"latency_stamp_{k}_p50_ms"] = float(np.percentile(arr, 50) * 1e3)
-                    stats[f"latency_stamp_{k}_p95_ms"] = float(np.percentile(arr, 95) * 1e3)
+            stats.update(self._lat_stamp.percentiles("latency_stamp_"))
         status = DiagnosticStatus()
         status.name = f"{self.get_name()}: mapping"
         status.hardware_id = str(self.system.device)

@@ -113,9 +113,10 @@ class SystemConfig:
         "op on 2 cores, ops slowed ~10x whenever anything else ran (measured).", lo=0, hi=256)
     malloc_keep_freed_mb: int = param(
         64, "glibc malloc (Linux): freed heap memory up to this size is kept mapped instead of "
-        "returned to the OS (M_TRIM_THRESHOLD and M_TOP_PAD, process-wide), so the tensors each "
-        "frame allocates reuse pages instead of page-faulting them in again; bounded, so memory "
-        "stays bounded. 0: glibc's defaults.", unit="MiB", lo=0, hi=4096)
+        "returned to the OS, and allocations up to this size (at most 32 MiB) come from the heap "
+        "(M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD; process-wide), so the tensors each frame "
+        "allocates reuse pages instead of page-faulting them in again; bounded, so memory stays "
+        "bounded. 0: glibc's defaults.", unit="MiB", lo=0, hi=4096)
     mapping_thread_nice: int = param(
         0, "Niceness added to the mapping thread (Linux; needs no privileges; 0: the same priority "
         "as the tracking thread). > 0: when the cores are busy the tracking thread runs first, so "
@@ -225,7 +226,7 @@ class TrackingConfig:
     relocalisation_keyframes: int = param(
         60, "Keyframes (model views) a frame is relocalised against after a failed track (track "
         "mode; 0 = no relocalisation): the newer half the most recent, the older half spread over "
-        "the map (the one nearest to another is dropped).", unit="keyframes", lo=0, hi=10000)
+        "the map (the one whose removal leaves the smallest gap is dropped).", unit="keyframes", lo=0, hi=10000)
     relocalisation_keyframe_every: int = param(
         5, "Every n-th new model view becomes a keyframe.", unit="views", lo=1, hi=10000)
     relocalisation_candidates: int = param(

@@ -25,8 +25,8 @@ Relocalisation (``track``): after a failed track the frame is aligned to keyfram
 model views of every ``relocalisation_keyframe_every``-th distinct view the policy saw
 (already rendered, so the map is not read from this thread), at most
 ``relocalisation_keyframes``: the newer half as they came (short jumps land near them), the
-older half spread over the map (when the set is full, the older keyframe nearest to another
-one is dropped, so a camera carried back to where it was long ago still finds one) -- each
+older half spread over the map (when the set is full, the older keyframe whose removal leaves
+the smallest gap is dropped, so a camera carried back to where it was long ago still finds one) -- each
 from its own reference pose, at most ``relocalisation_candidates`` per frame
 (the newest keyframe first, then the others in turn over the following frames).  A candidate
 is accepted only when it passes every tracking check and the strict ones
